@@ -1,0 +1,57 @@
+"""Which array module an array belongs to (NumPy or CuPy), and moving arrays between them.
+
+CuPy is imported lazily: nothing here touches it until a CuPy array or ``device="cuda"`` shows up.
+"""
+import sys
+
+import numpy as np
+
+
+def cupy_module():
+    """Import and return cupy, or raise a clear ImportError naming the extra to install."""
+    try:
+        import cupy
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise ImportError(
+            "the GPU path needs CuPy: pip install 'yoso_np[gpu]' (cupy-cuda12x) or cupy-cuda13x"
+        ) from exc
+    return cupy
+
+
+def is_cupy_array(x):
+    """True for a cupy.ndarray; never imports cupy (a CuPy array can only exist once cupy is imported)."""
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(x, cupy.ndarray)
+
+
+def array_module(*arrays):
+    """numpy, or cupy if any of ``arrays`` is a CuPy array (``None`` entries are skipped)."""
+    for a in arrays:
+        if is_cupy_array(a):
+            return sys.modules["cupy"]
+    return np
+
+
+def check_device(device):
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
+def device_of(x):
+    return "cuda" if is_cupy_array(x) else "cpu"
+
+
+def to_device(x, device):
+    """Move one array to ``device`` ('cpu' -> NumPy, 'cuda' -> CuPy); other values pass through unchanged."""
+    check_device(device)
+    if device == "cpu":
+        return x.get() if is_cupy_array(x) else x
+    if isinstance(x, np.ndarray) or is_cupy_array(x):
+        return cupy_module().asarray(x)
+    return x
+
+
+def to_numpy(x):
+    """A NumPy array (or the value unchanged if it is not an array)."""
+    return to_device(x, "cpu")
