@@ -266,7 +266,9 @@ def run(model, spec, inputs, padded):
         kwargs["labels"] = t["labels"]
 
     model.zero_grad(set_to_none=True)
-    with conv_sees_masked_values():
+    # only with the additive mask: unpadded runs pass no mask, and transformers then hands the layers a ones
+    # mask, which the wrapper's (additive == 0) test would read as "everything padded"
+    with conv_sees_masked_values() if padded else contextlib.nullcontext():
         result = model(**kwargs, output_hidden_states=True, return_dict=True)
 
     outputs = {}
