@@ -1,0 +1,430 @@
+"""YOSO's sampling primitives: hash codes and LSH cumulation (Zeng et al., ICML 2021, section 3).
+
+Shapes (batch is whatever the caller folds into it, e.g. batch * heads):
+    masks           [batch, n]                   bool or integer 0/1 (1 = keep)
+    x, value        [batch, n, d]                float
+    hash codes      [batch, n, num_hash]         int32 in [0, 2**hash_code_len)
+    dmat (fast)     [batch, 3, num_part, d]      float32 of +-1, num_part = max(1, ceil(num_hash / (d // L)))
+    rmat (Gaussian) [batch, d, num_hash * L]     float32 standard normal
+
+Hash f of a vector is an L-bit code whose bit i is the sign bit of projection f * L + i. Masked vectors get code 0.
+NumPy inputs run the vectorised NumPy code below; CuPy inputs run the CUDA kernels of ``raw_kernels``
+(Gaussian hashing is a matmul on either backend, so it has no kernel of its own).
+"""
+import math
+
+import numpy as np
+
+from .backend import is_cupy_array
+
+MAX_HASH_CODE_LEN = 24  # codes are summed exactly in float32 (< 2**24) and stored in int32
+
+
+# ---------------------------------------------------------------------------------------------- input checks
+def _backend(**arrays):
+    """The array module shared by all ``arrays``; TypeError for non-arrays or a NumPy/CuPy mix."""
+    on_gpu = {}
+    for name, a in arrays.items():
+        if not (isinstance(a, np.ndarray) or is_cupy_array(a)):
+            raise TypeError(f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}")
+        on_gpu[name] = is_cupy_array(a)
+    if len(set(on_gpu.values())) > 1:
+        gpu = [n for n, g in on_gpu.items() if g]
+        cpu = [n for n, g in on_gpu.items() if not g]
+        raise TypeError(f"arrays must all be NumPy or all CuPy: {gpu} are CuPy but {cpu} are NumPy")
+    if any(on_gpu.values()):
+        import cupy
+        return cupy
+    return np
+
+
+def _check_int(name, value, low, high=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+    return int(value)
+
+
+def _check_float(name, a, ndim):
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating-point array, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(a.shape)}")
+
+
+def _check_shape(name, a, expected):
+    if tuple(a.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(a.shape)}")
+
+
+def _check_mask(name, mask, batch, n):
+    """Validate a [batch, n] 0/1 mask and return it as booleans."""
+    if mask.dtype != bool and mask.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be bool or integer (0/1), got dtype {mask.dtype}")
+    _check_shape(name, mask, (batch, n))
+    if mask.dtype == bool:
+        return mask
+    if mask.size and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{name} must hold only 0 and 1, got values in [{int(mask.min())}, {int(mask.max())}]")
+    return mask != 0
+
+
+def _check_codes(name, codes, batch, n, capacity):
+    if codes.dtype != np.int32:
+        raise TypeError(f"{name} must be int32, got dtype {codes.dtype}")
+    if codes.ndim != 3 or tuple(codes.shape[:2]) != (batch, n):
+        raise ValueError(f"{name} must have shape ({batch}, {n}, num_hash), got {tuple(codes.shape)}")
+    if codes.shape[2] < 1:
+        raise ValueError(f"{name} must hold at least one hash (num_hash >= 1), got shape {tuple(codes.shape)}")
+    if codes.size:
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= capacity:
+            raise ValueError(f"{name} must lie in [0, {capacity}) (hashtable_capacity), got values in [{low}, {high}]")
+
+
+def _check_capacity(hashtable_capacity):
+    cap = _check_int("hashtable_capacity", hashtable_capacity, 2, 2**MAX_HASH_CODE_LEN)
+    if cap & (cap - 1):
+        raise ValueError(f"hashtable_capacity must be 2**hash_code_len (a power of two), got {cap}")
+    return cap
+
+
+def _check_hash_params(num_hash, hash_code_len):
+    return _check_int("num_hash", num_hash, 1), _check_int("hash_code_len", hash_code_len, 1, MAX_HASH_CODE_LEN)
+
+
+def num_fast_hash_parts(num_hash, hash_code_len, dim):
+    """How many Hadamard rounds fast_hash needs: each one yields dim // hash_code_len hashes."""
+    return max(1, math.ceil(num_hash / (dim // hash_code_len)))
+
+
+def _check_fast_hash_dim(dim, hash_code_len):
+    if dim < 1 or dim & (dim - 1):
+        raise ValueError(f"fast_hash needs a head dimension that is a power of two (pad x with zeros), got {dim}")
+    if hash_code_len > dim:
+        raise ValueError(f"hash_code_len must be <= the (padded) head dimension {dim} for fast_hash, "
+                         f"got {hash_code_len}")
+
+
+# ---------------------------------------------------------------------------------------------- hashing
+def draw_hash_matrices(rng, batch, dim, num_hash, hash_code_len, use_fast_hash, xp=np):
+    """Random hash matrices drawn on the host from ``rng`` (so a seed gives the same draw on CPU and GPU).
+
+    use_fast_hash: Dmat [batch, 3, num_part, dim] of random signs (float32 +-1; dim must be a power of two).
+    otherwise:     R [batch, dim, num_hash * hash_code_len] standard normal (float32).
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    batch = _check_int("batch", batch, 1)
+    dim = _check_int("dim", dim, 1)
+    num_hash, hash_code_len = _check_hash_params(num_hash, hash_code_len)
+    if use_fast_hash:
+        _check_fast_hash_dim(dim, hash_code_len)
+        shape = (batch, 3, num_fast_hash_parts(num_hash, hash_code_len, dim), dim)
+        matrices = (2 * rng.integers(0, 2, size=shape, dtype=np.int8) - 1).astype(np.float32)
+    else:
+        matrices = rng.standard_normal((batch, dim, num_hash * hash_code_len), dtype=np.float32)
+    return xp.asarray(matrices)
+
+
+def hadamard_transform(a):
+    """a @ H along the last axis (unnormalised Sylvester-Hadamard H, size a power of two): log2(d) butterflies."""
+    xp = _backend(a=a)
+    shape, dim = a.shape, a.shape[-1]
+    h = 1
+    while h < dim:
+        pairs = a.reshape(-1, dim // (2 * h), 2, h)
+        a = xp.stack([pairs[:, :, 0] + pairs[:, :, 1], pairs[:, :, 0] - pairs[:, :, 1]], axis=2)
+        h *= 2
+    return a.reshape(shape)
+
+
+def fast_hash_projection(dmat, num_hash, hash_code_len):
+    """The [batch, d, num_hash * L] matrix R with x @ R = the projections fast_hash takes its bits from.
+
+    Part p computes y = H D3 H D2 H D1 x, i.e. the row vector x @ (D1 H D2 H D3 H) (H is symmetric), and hash
+    f = p * (d // L) + g takes columns g * L .. g * L + L - 1 of part p. The composed matrix is built by running the
+    transform on the rows of the identity; its entries are integers of magnitude <= d**1.5, exact in float32 for
+    d <= 4096, so x @ R differs from the sequential transform only by float rounding.
+    """
+    xp = _backend(dmat=dmat)
+    batch, _, num_part, dim = dmat.shape
+    signs = xp.asarray(dmat, dtype=xp.float64)[:, :, :, None, :]   # [batch, 3, part, 1, d]
+    m = xp.broadcast_to(xp.eye(dim), (batch, num_part, dim, dim))
+    for r in range(3):
+        m = hadamard_transform(m * signs[:, r])                     # rows: e_i^T D1 H D2 H ...
+    per_part = dim // hash_code_len
+    f = np.arange(num_hash)[:, None]
+    columns = (f // per_part) * dim + (f % per_part) * hash_code_len + np.arange(hash_code_len)
+    m = m.transpose(0, 2, 1, 3).reshape(batch, dim, num_part * dim)
+    return xp.ascontiguousarray(m[:, :, xp.asarray(columns.ravel())], dtype=xp.float32)
+
+
+def _sign_codes(x, projections, keep, num_hash, hash_code_len, rows_per_chunk=1024):
+    """codes[b, t, f] = sum_i [ (x[b, t] @ projections[b])[f * L + i] > 0 ] << i, and 0 where keep is False.
+
+    projections: one [d, num_hash * L] matrix per batch row (an array or an iterable). Chunked over tokens so the
+    projections stay in cache; the bits are summed exactly by a float matmul.
+    """
+    xp = _backend(x=x)
+    n = x.shape[1]
+    powers = xp.asarray(2.0 ** np.arange(hash_code_len), dtype=x.dtype)
+    codes = xp.empty((x.shape[0], n, num_hash), dtype=xp.int32)
+    for b, r in enumerate(projections):
+        r = xp.ascontiguousarray(r, dtype=x.dtype)  # BLAS needs contiguous operands
+        for start in range(0, n, rows_per_chunk):
+            stop = min(n, start + rows_per_chunk)
+            bits = x[b, start:stop] @ r
+            xp.greater(bits, 0, out=bits)
+            codes[b, start:stop] = bits.reshape(stop - start, num_hash, hash_code_len) @ powers
+    codes[~keep] = 0
+    return codes
+
+
+def fast_hash(mask, x, dmat, num_hash, hash_code_len):
+    """Hash codes from randomised Hadamard transforms (see module docstring); x's last dim a power of two."""
+    xp = _backend(mask=mask, x=x, dmat=dmat)
+    _check_float("x", x, 3)
+    batch, n, dim = x.shape
+    num_hash, hash_code_len = _check_hash_params(num_hash, hash_code_len)
+    _check_fast_hash_dim(dim, hash_code_len)
+    _check_float("dmat", dmat, 4)
+    _check_shape("dmat", dmat, (batch, 3, num_fast_hash_parts(num_hash, hash_code_len, dim), dim))
+    if dmat.size and not bool((xp.abs(dmat) == 1).all()):
+        raise ValueError("dmat must hold only +1 and -1 (random signs)")
+    keep = _check_mask("mask", mask, batch, n)
+    if xp is not np:
+        from .raw_kernels import fast_hash as kernels
+        return kernels.fast_hash(keep.astype(xp.int32), xp.ascontiguousarray(x, dtype=xp.float32),
+                                 xp.ascontiguousarray(dmat, dtype=xp.float32), num_hash, hash_code_len)
+    projections = (fast_hash_projection(dmat[b:b + 1], num_hash, hash_code_len)[0] for b in range(batch))
+    return _sign_codes(x, projections, keep, num_hash, hash_code_len)
+
+
+def gaussian_hash(mask, x, rmat, num_hash, hash_code_len):
+    """Hash codes from the signs of x @ rmat (hash f uses columns f * L .. f * L + L - 1, column f * L + i is bit i)."""
+    _backend(mask=mask, x=x, rmat=rmat)
+    _check_float("x", x, 3)
+    batch, n, dim = x.shape
+    num_hash, hash_code_len = _check_hash_params(num_hash, hash_code_len)
+    _check_float("rmat", rmat, 3)
+    _check_shape("rmat", rmat, (batch, dim, num_hash * hash_code_len))
+    keep = _check_mask("mask", mask, batch, n)
+    return _sign_codes(x, rmat, keep, num_hash, hash_code_len)
+
+
+def hash_codes(query_mask, query, key_mask, key, *, num_hash, hash_code_len, use_fast_hash, rng):
+    """(query_codes, key_codes) from ONE draw of hash matrices shared by queries and keys.
+
+    For fast hashing the last dim is zero-padded to the next power of two >= max(d, hash_code_len), which leaves
+    every projection unchanged in meaning, so any head dim works.
+    """
+    xp = _backend(query_mask=query_mask, query=query, key_mask=key_mask, key=key)
+    _check_float("query", query, 3)
+    _check_float("key", key, 3)
+    if key.shape[0] != query.shape[0] or key.shape[2] != query.shape[2]:
+        raise ValueError(f"key must match query in batch and last dim: query {tuple(query.shape)}, "
+                         f"key {tuple(key.shape)}")
+    num_hash, hash_code_len = _check_hash_params(num_hash, hash_code_len)
+    batch, _, dim = query.shape
+    if not use_fast_hash:
+        rmat = draw_hash_matrices(rng, batch, dim, num_hash, hash_code_len, False, xp)
+        return (gaussian_hash(query_mask, query, rmat, num_hash, hash_code_len),
+                gaussian_hash(key_mask, key, rmat, num_hash, hash_code_len))
+    padded = 1 << (max(dim, hash_code_len) - 1).bit_length()
+    if padded != dim:
+        pad = ((0, 0), (0, 0), (0, padded - dim))
+        query, key = xp.pad(query, pad), xp.pad(key, pad)
+    dmat = draw_hash_matrices(rng, batch, padded, num_hash, hash_code_len, True, xp)
+    return (fast_hash(query_mask, query, dmat, num_hash, hash_code_len),
+            fast_hash(key_mask, key, dmat, num_hash, hash_code_len))
+
+
+# ---------------------------------------------------------------------------------------------- cumulation
+def _check_cumulation_inputs(query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity):
+    xp = _backend(query_mask=query_mask, query_hash_code=query_hash_code, key_mask=key_mask,
+                  key_hash_code=key_hash_code, value=value)
+    capacity = _check_capacity(hashtable_capacity)
+    _check_float("value", value, 3)
+    batch, n_k, _ = value.shape
+    if query_mask.ndim != 2:
+        raise ValueError(f"query_mask must have shape (batch, n_q), got {tuple(query_mask.shape)}")
+    n_q = query_mask.shape[1]
+    query_keep = _check_mask("query_mask", query_mask, batch, n_q)
+    key_keep = _check_mask("key_mask", key_mask, batch, n_k)
+    _check_codes("query_hash_code", query_hash_code, batch, n_q, capacity)
+    _check_codes("key_hash_code", key_hash_code, batch, n_k, capacity)
+    if query_hash_code.shape[2] != key_hash_code.shape[2]:
+        raise ValueError(f"query_hash_code and key_hash_code must hold the same number of hashes, got "
+                         f"{query_hash_code.shape[2]} and {key_hash_code.shape[2]}")
+    return xp, capacity, query_keep, key_keep
+
+
+TABLE_BLOCK_FLOATS = 2**18  # hash-table entries per block of (batch rows, hashes): about L2-sized
+
+
+def _cache_sized_blocks(batch, num_hash, floats_per_table):
+    """(rows, hashes) slices covering batch x num_hash in blocks whose tables hold ~TABLE_BLOCK_FLOATS floats."""
+    hashes_per_block = max(1, min(num_hash, TABLE_BLOCK_FLOATS // floats_per_table))
+    rows_per_block = max(1, TABLE_BLOCK_FLOATS // (floats_per_table * num_hash)) if hashes_per_block == num_hash else 1
+    for b in range(0, batch, rows_per_block):
+        for f in range(0, num_hash, hashes_per_block):
+            yield slice(b, b + rows_per_block), slice(f, f + hashes_per_block)
+
+
+def _argsort_descending(counts, largest):
+    """Stable argsort of non-negative ints <= largest, biggest first (by radix sort when they fit uint16)."""
+    if largest < 2**16:
+        return np.argsort((largest - counts).astype(np.uint16), kind="stable")
+    return np.argsort(-counts, kind="stable")
+
+
+class _KeyBuckets:
+    """The keys of every (batch row, hash) grouped by code: a counting-sort layout of the hash tables.
+
+    sorted_keys: flat key indices (b * n_k + k) ordered by (row = b * num_hash + f, code); bucket j holds
+    sorted_keys[start[j] : start[j] + size[j]], and buckets are numbered biggest first, so the buckets with more
+    than r keys are exactly the first few. Masked keys are in no bucket.
+    """
+
+    def __init__(self, key_hash_code, key_keep, capacity):
+        batch, n_k, num_hash = key_hash_code.shape
+        self.capacity = capacity
+        # masked keys get the code `capacity`, past every real one, and are dropped below
+        sortable = np.where(key_keep[:, None, :], key_hash_code.transpose(0, 2, 1), capacity)
+        sortable = sortable.astype(np.uint16 if capacity < 2**16 else np.int32)  # uint16 sorts by radix
+        order = np.argsort(sortable, axis=-1, kind="stable")                       # [batch, num_hash, n_k]
+        rows = batch * num_hash
+        codes = np.take(sortable, (order.reshape(rows, n_k) + (np.arange(rows) * n_k)[:, None]).reshape(-1))
+        first = np.ones(codes.size, dtype=bool)
+        first[1:] = codes[1:] != codes[:-1]
+        first[::n_k] = True                                                         # each row starts a bucket
+        start = np.flatnonzero(first)
+        size = np.diff(start, append=codes.size)
+        real = codes[start] < capacity
+        start, size = start[real], size[real]
+        self.bucket_key_sorted = (start // n_k) * capacity + codes[start]          # row * capacity + code
+        by_size = _argsort_descending(size, n_k)
+        self.start, self.size = start[by_size], size[by_size]
+        self.id_of_sorted = np.empty(size.size, dtype=np.int64)
+        self.id_of_sorted[by_size] = np.arange(size.size)
+        self.sorted_keys = (order + (np.arange(batch) * n_k)[:, None, None]).reshape(-1)
+        # how many buckets hold more than r keys, for r = 0 .. largest - 1
+        self.more_than = size.size - np.cumsum(np.bincount(size, minlength=1))[:-1]
+
+    @property
+    def count(self):
+        return self.size.size
+
+    def lookup(self, query_hash_code):
+        """Bucket id of every (b, q, f) query code, or self.count (an empty bucket) where no key has it."""
+        batch, n_q, num_hash = query_hash_code.shape
+        rows = (np.arange(batch)[:, None, None] * num_hash + np.arange(num_hash)).astype(np.int64)
+        query_key = rows * self.capacity + query_hash_code
+        keys = self.bucket_key_sorted
+        if keys.size == 0:
+            return np.full(query_key.shape, 0, dtype=np.int64)
+        table_size = batch * num_hash * self.capacity
+        if table_size <= 4 * (query_key.size + keys.size):
+            table = np.full(table_size, self.count, dtype=np.int64)
+            table[keys] = self.id_of_sorted
+            return table[query_key]
+        pos = np.minimum(np.searchsorted(keys, query_key), keys.size - 1)
+        return np.where(keys[pos] == query_key, self.id_of_sorted[pos], self.count)
+
+    def sums(self, rows):
+        """[count + 1, width]: the sum of rows[k] over the keys k of each bucket (last row: the empty bucket).
+
+        Level r adds the (r+1)-th key of every bucket holding more than r keys; those buckets are a prefix,
+        so each level is one gather and one contiguous add, with no scatter conflicts.
+        """
+        sums = np.zeros((self.count + 1, rows.shape[1]), dtype=rows.dtype)
+        for r, live in enumerate(self.more_than):
+            sums[:live] += np.take(rows, self.sorted_keys[self.start[:live] + r], axis=0)
+        return sums
+    def weighted_pair_sums(self, query_hash_code, query_keep, query_weight, key_weight, value):
+        """[batch, n_q, d_v]: sum over hashes f and keys k colliding with q of (query_weight[q] . key_weight[k]) value[k].
+
+        Walks the colliding pairs level by level as in sums(): the (query, hash) entries sorted by the size of their
+        bucket, level r pairs each entry whose bucket has more than r keys with its (r+1)-th key.
+        """
+        batch, n_q, num_hash = query_hash_code.shape
+        d_v = value.shape[2]
+        bucket = self.lookup(query_hash_code).reshape(-1)                     # entry e = (b * n_q + q) * m + f
+        pairs = np.append(self.size, 0)[bucket] * np.repeat(query_keep.reshape(-1), num_hash)
+        live = int(np.count_nonzero(pairs))
+        entries = _argsort_descending(pairs, int(pairs.max(initial=0)))[:live]
+        first_key = np.append(self.start, 0)[bucket[entries]]
+        entry_weight = np.take(query_weight.reshape(batch * n_q, -1), entries // num_hash, axis=0)
+        key_weight, value = key_weight.reshape(-1, key_weight.shape[2]), value.reshape(-1, d_v)
+        acc = np.zeros((live, d_v), dtype=value.dtype)
+        for r, count in enumerate(live - np.cumsum(np.bincount(pairs[entries], minlength=1))[:-1]):
+            keys = self.sorted_keys[first_key[:count] + r]
+            pair_weight = np.einsum("ij,ij->i", entry_weight[:count], np.take(key_weight, keys, axis=0))
+            acc[:count] += pair_weight[:, None] * np.take(value, keys, axis=0)
+        per_entry = np.zeros((batch * n_q * num_hash, d_v), dtype=value.dtype)
+        per_entry[entries] = acc
+        return per_entry.reshape(batch, n_q, num_hash, d_v).sum(axis=2)
+
+
+
+
+def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity):
+    """out[b, q] = query_mask[b, q] / m * sum_f sum_k key_mask[b, k] [code_qf == code_kf] value[b, k].
+
+    m = num_hash; out has value's dtype and shape [batch, n_q, d_v].
+    """
+    xp, capacity, query_keep, key_keep = _check_cumulation_inputs(
+        query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity)
+    if xp is not np:
+        from .raw_kernels import cumulation as kernels
+        out = kernels.lsh_cumulation(query_keep.astype(xp.int32), xp.ascontiguousarray(query_hash_code),
+                                     key_keep.astype(xp.int32), xp.ascontiguousarray(key_hash_code),
+                                     xp.ascontiguousarray(value, dtype=xp.float32), capacity)
+        return out.astype(value.dtype, copy=False)
+    batch, n_q, num_hash = query_hash_code.shape
+    n_k, d_v = value.shape[1:]
+    out = np.zeros((batch, n_q, d_v), dtype=value.dtype)
+    for rows, hashes in _cache_sized_blocks(batch, num_hash, min(n_k, capacity) * d_v):
+        buckets = _KeyBuckets(key_hash_code[rows, :, hashes], key_keep[rows], capacity)
+        table = buckets.sums(value[rows].reshape(-1, d_v))
+        bucket_of = buckets.lookup(query_hash_code[rows, :, hashes])
+        for f in range(bucket_of.shape[2]):
+            out[rows] += np.take(table, bucket_of[:, :, f], axis=0)
+    out *= (query_keep[:, :, None] / np.asarray(num_hash, dtype=value.dtype)).astype(value.dtype)
+    return out
+
+
+def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask, key_hash_code, key_weight, value,
+                            hashtable_capacity):
+    """out[b, q] = query_mask[b, q] / m * sum_f sum_k key_mask[b, k] [code_qf == code_kf]
+                   (query_weight[b, q] . key_weight[b, k]) value[b, k]."""
+    xp, capacity, query_keep, key_keep = _check_cumulation_inputs(
+        query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity)
+    _backend(query_weight=query_weight, key_weight=key_weight, value=value)
+    batch, n_q, num_hash = query_hash_code.shape
+    n_k, d_v = value.shape[1:]
+    _check_float("query_weight", query_weight, 3)
+    _check_float("key_weight", key_weight, 3)
+    d_w = query_weight.shape[2]
+    _check_shape("query_weight", query_weight, (batch, n_q, d_w))
+    _check_shape("key_weight", key_weight, (batch, n_k, d_w))
+    if xp is not np:
+        from .raw_kernels import cumulation as kernels
+        f32 = lambda a: xp.ascontiguousarray(a, dtype=xp.float32)  # noqa: E731
+        out = kernels.lsh_weighted_cumulation(
+            query_keep.astype(xp.int32), xp.ascontiguousarray(query_hash_code), f32(query_weight),
+            key_keep.astype(xp.int32), xp.ascontiguousarray(key_hash_code), f32(key_weight), f32(value), capacity)
+        return out.astype(value.dtype, copy=False)
+    dtype = value.dtype
+    query_weight = query_weight.astype(dtype, copy=False)
+    key_weight = key_weight.astype(dtype, copy=False)
+    out = np.zeros((batch, n_q, d_v), dtype=dtype)
+    for rows, hashes in _cache_sized_blocks(batch, num_hash, n_q * max(d_v, d_w)):
+        buckets = _KeyBuckets(key_hash_code[rows, :, hashes], key_keep[rows], capacity)
+        out[rows] += buckets.weighted_pair_sums(query_hash_code[rows, :, hashes], query_keep[rows], query_weight[rows],
+                                                key_weight[rows], value[rows])
+    out *= np.asarray(1 / num_hash, dtype=dtype)
+    return out
