@@ -2,6 +2,7 @@
 
 CuPy is imported lazily: nothing here touches it until a CuPy array or ``device="cuda"`` shows up.
 """
+import os
 import sys
 
 import numpy as np
@@ -55,3 +56,38 @@ def to_device(x, device):
 def to_numpy(x):
     """A NumPy array (or the value unchanged if it is not an array)."""
     return to_device(x, "cpu")
+
+
+def parallel_map(fn, items, xp):
+    """[fn(i) for i in items]; on NumPy spread over CPU threads (NumPy and BLAS release the GIL on large
+    arrays), on CuPy a plain loop (the GPU already runs each call in parallel)."""
+    items = list(items)
+    if xp is not np or len(items) < 2:
+        return [fn(i) for i in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers < 2:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def scatter_add_rows(num_rows, index, values):
+    """out[r] = sum of values[i] over i with index[i] == r; index (k,) ints, values (k, width).
+    The gradient of a row gather (embedding lookup). np.add.at is slow on NumPy, so sort once and
+    np.add.reduceat over the runs; CuPy has a native scatter_add."""
+    xp = array_module(values)
+    out = xp.zeros((num_rows, values.shape[1]), dtype=values.dtype)
+    if index.size == 0:
+        return out
+    if xp is not np:
+        import cupyx
+
+        cupyx.scatter_add(out, index, values)
+        return out
+    order = np.argsort(index, kind="stable")
+    sorted_index = index[order]
+    starts = np.flatnonzero(np.r_[True, sorted_index[1:] != sorted_index[:-1]])
+    out[sorted_index[starts]] = np.add.reduceat(values[order], starts, axis=0)
+    return out

@@ -73,6 +73,8 @@ class YosoConfig:
             raise ValueError(f"config.hash_code_len must be at most 24 (2**L hash buckets), got {self.hash_code_len}")
         if self.conv_window is not None:
             positive_int("conv_window")
+            if self.conv_window % 2 == 0:  # transformers' Conv2d(padding=w // 2) returns n + 1 rows and fails
+                raise ValueError(f"config.conv_window must be odd, got {self.conv_window}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:

@@ -1,0 +1,165 @@
+"""Model classes: loading and saving, moving, input validation and its error messages."""
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import yoso_np
+from yoso_np import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification, YosoModel
+from tests.fixtures_io import load_case
+from tests.hubcache import make_hub_cache
+
+
+def tiny(**kw):
+    return YosoConfig(vocab_size=23, hidden_size=8, num_attention_heads=2, num_hidden_layers=1, intermediate_size=6,
+                      max_position_embeddings=10, **kw)
+
+
+IDS = np.array([[0, 5, 6, 7, 2], [0, 8, 2, 1, 1]])
+MASK = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+
+
+def test_config_defaults_match_transformers():
+    c = YosoConfig()
+    assert (c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size) == \
+        (50265, 768, 12, 12, 3072)
+    assert (c.max_position_embeddings, c.hash_code_len, c.num_hash, c.conv_window, c.use_expectation) == \
+        (4096, 9, 64, None, True)
+    assert (c.use_fast_hash, c.lsh_backward, c.pad_token_id, c.bos_token_id, c.eos_token_id) == (True, True, 1, 0, 2)
+    assert (c.type_vocab_size, c.layer_norm_eps, c.hidden_act, c.num_labels) == (1, 1e-12, "gelu", 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(hidden_size=10, num_attention_heads=3), "multiple of"),
+    (dict(hidden_act="nope"), "hidden_act"),
+    (dict(num_hidden_layers=0), "num_hidden_layers"),
+    (dict(conv_window=4), "odd"),
+    (dict(problem_type="ranking"), "problem_type"),
+    (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
+])
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        YosoConfig(**kwargs)
+
+
+def test_config_json_round_trip_keeps_unknown_keys(tmp_path):
+    d = tiny(num_labels=3).to_dict()
+    d["some_future_field"] = {"a": 1}
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    c = YosoConfig.from_json_file(tmp_path / "config.json")
+    assert c.num_labels == 3 and c.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    c.save_pretrained(tmp_path / "out")
+    again = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert again["some_future_field"] == {"a": 1} and again["model_type"] == "yoso"
+    with pytest.raises(ValueError, match="not valid JSON"):
+        (tmp_path / "bad.json").write_text("{")
+        YosoConfig.from_json_file(tmp_path / "bad.json")
+
+
+def test_save_load_round_trip_and_head_init(tmp_path):
+    mlm = YosoForMaskedLM(tiny(), seed=3)
+    mlm.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["YosoForMaskedLM"]
+    again = YosoForMaskedLM.from_pretrained(tmp_path)
+    np.testing.assert_array_equal(again(IDS, MASK).logits, mlm(IDS, MASK).logits)
+    base = YosoModel.from_pretrained(tmp_path)  # head checkpoint into the base model: cls.* unused
+    np.testing.assert_allclose(base(IDS, MASK).last_hidden_state,
+                               mlm(IDS, MASK, output_hidden_states=True).hidden_states[-1], rtol=1e-6)
+    with pytest.warns(UserWarning, match="classifier.out_proj.weight"):
+        clf = YosoForSequenceClassification.from_pretrained(tmp_path, num_labels=4)
+    assert clf(IDS, MASK).logits.shape == (2, 4)
+    assert np.all(clf.weights["classifier.out_proj.bias"] == 0)
+    assert 0.005 < clf.weights["classifier.out_proj.weight"].std() < 0.05  # normal(0, initializer_range)
+
+
+def test_missing_and_misshapen_weights(tmp_path):
+    model = YosoModel(tiny())
+    weights = model.state_dict()
+    del weights["encoder.layer.0.output.dense.weight"]
+    with pytest.raises(ValueError, match="encoder.layer.0.output.dense.weight"):
+        YosoModel(tiny(), weights)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"embeddings.position_embeddings.weight.*\(12, 8\).*\(22, 8\)"):
+        YosoModel.from_pretrained(tmp_path, max_position_embeddings=20)
+    (tmp_path / "model.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        YosoModel.from_pretrained(tmp_path)
+
+
+def test_from_a_local_hub_cache(tmp_path):
+    case = load_case("mlm_basic")
+    cache = tmp_path / "hub"
+    make_hub_cache(cache, "someone/yoso-tiny", {f: os.path.join(case.path, f)
+                                                for f in ("config.json", "model.safetensors")})
+    model = YosoForMaskedLM.from_pretrained("someone/yoso-tiny", cache_dir=str(cache), local_files_only=True)
+    np.testing.assert_allclose(model(**case.model_inputs()).logits, case.outputs["logits"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(OSError):
+        YosoForMaskedLM.from_pretrained("someone/not-there", cache_dir=str(cache), local_files_only=True)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(input_ids=[[1, 2, 30]]), ValueError, r"input_ids must lie in \[0, 23\), got 30"),
+    (dict(input_ids=[[1, -2, 3]]), ValueError, "got -2"),
+    (dict(input_ids=np.zeros((1, 11), np.int64)), ValueError, "at most max_position_embeddings = 10, got 11"),
+    (dict(input_ids=[[1.5, 2.0]]), TypeError, "input_ids must hold integers"),
+    (dict(input_ids=[1, 2, 3]), ValueError, r"input_ids must have shape \(batch, sequence\)"),
+    (dict(), ValueError, "exactly one of input_ids and inputs_embeds"),
+    (dict(input_ids=IDS, attention_mask=MASK[:, :4]), ValueError, r"attention_mask must have shape \(2, 5\)"),
+    (dict(input_ids=IDS, attention_mask=(1 - MASK) * -10000.0), ValueError, "0/1"),
+    (dict(input_ids=IDS, token_type_ids=np.ones_like(IDS)), ValueError, r"token_type_ids must lie in \[0, 1\)"),
+    (dict(input_ids=IDS, position_ids=np.full_like(IDS, 12)), ValueError, r"position_ids must lie in \[0, 12\)"),
+    (dict(inputs_embeds=np.zeros((1, 3, 7), np.float32)), ValueError, r"\(batch, sequence, 8\)"),
+    (dict(input_ids=IDS, rng="seed"), TypeError, "rng"),
+])
+def test_bad_inputs_are_named(kwargs, error, message):
+    model = YosoModel(tiny())
+    kwargs.setdefault("training", "rng" in kwargs)
+    with pytest.raises(error, match=message):
+        model(**kwargs)
+
+
+def test_labels_are_checked():
+    model = YosoForSequenceClassification(tiny(num_labels=3))
+    with pytest.raises(ValueError, match="got 3"):
+        model(IDS, MASK, labels=[0, 3])
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        model(IDS, MASK, labels=[0, 1, 2])
+
+
+def test_fully_masked_rows_are_zero_not_nan():
+    model = YosoModel(tiny(conv_window=3))
+    out = model(IDS, np.zeros_like(MASK), output_attentions=True)
+    assert np.all(np.isfinite(out.last_hidden_state))
+    assert np.all(out.attentions[0] == 0)
+
+
+def test_float64_and_dtype_follow_the_weights(tmp_path):
+    model = YosoModel(tiny())
+    model.save_pretrained(tmp_path)
+    m64 = YosoModel.from_pretrained(tmp_path, dtype=np.float64)
+    out = m64(IDS, MASK)
+    assert out.last_hidden_state.dtype == np.float64
+    np.testing.assert_allclose(out.last_hidden_state, model(IDS, MASK).last_hidden_state, atol=2e-5)
+
+
+def test_sampling_needs_and_uses_rng():
+    model = YosoModel(tiny(use_expectation=False, num_hash=4, hash_code_len=3))
+    a = model(IDS, MASK, rng=5).last_hidden_state
+    b = model(IDS, MASK, rng=np.random.default_rng(5)).last_hidden_state
+    np.testing.assert_array_equal(a, b)
+    assert np.all(np.isfinite(model(IDS, MASK).last_hidden_state))  # no rng: fresh entropy
+
+
+def test_transformers_loads_what_we_save(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model = YosoForMaskedLM(tiny(conv_window=3), seed=7)
+    model.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = transformers.YosoForMaskedLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        logits = theirs(input_ids=torch.tensor(IDS[:1])).logits.numpy()
+    np.testing.assert_allclose(model(IDS[:1]).logits, logits, rtol=1e-4, atol=1e-4)

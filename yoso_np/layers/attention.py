@@ -1,0 +1,284 @@
+"""YOSO self-attention (Zeng et al., ICML 2021), as transformers' YosoSelfAttention computes it.
+
+Queries and keys are L2-normalised per head. A key k and query q collide under tau random hyperplanes with
+probability (1 - arccos(q.k)/pi)**tau (the paper's eq. 4), so
+
+  YOSO-E (expectation):  context = W V,  W[i, j] = (1 - arccos(q_i . k_j)/pi)**tau * mask_i * mask_j      O(n^2)
+  YOSO   (sampling):     the same sum estimated with num_hash LSH tables of tau-bit codes (yoso_np.lsh)  O(n)
+
+Each context row is then L2-normalised, and with conv_window a depthwise convolution over the sequence of the
+masked values is added.
+"""
+import math
+
+import numpy as np
+
+from .. import lsh
+from ..backend import array_module, parallel_map
+from .linear import linear, linear_backward
+from .params import sub
+
+# acos(a) ~= sqrt(1 - a) * P(a) on [0, 1] (the form of Abramowitz & Stegun 4.4.45, refitted to degree 6):
+# |error| / pi < 3e-8, below float32 resolution. float32 np.arccos is scalar code (~6 ns an element) and was
+# most of YOSO-E's time at n = 4096; this runs as a dozen vectorised passes over a cache-sized block.
+_ACOS_POLY = (1.570796238844488, -0.21459108792891465, 0.08883587557597458, -0.04919738679888585,
+              0.027762804002751745, -0.012003286380013446, 0.0026116805683848963)
+_NEG_ACOS_POLY_OVER_PI = tuple(-c / math.pi for c in _ACOS_POLY)
+BLOCK_ELEMENTS = 1 << 18  # rows * n_keys elements of W per block (1 MiB in float32: about L2 size; measured best at n = 4096)
+
+
+def power_inplace(x, tau, scratch):
+    """x <- x**tau for a positive int tau, by repeated squaring (a fractional-power pow is far slower)."""
+    xp = array_module(x)
+    if tau == 1:
+        return x
+    xp.multiply(x, x, out=scratch)  # x**2
+    have, tau = bool(tau & 1), tau >> 1  # x holds x**1, wanted if the low bit is set
+    while True:
+        if tau & 1:
+            if have:
+                x *= scratch
+            else:
+                xp.copyto(x, scratch)
+                have = True
+        tau >>= 1
+        if not tau:
+            return x
+        xp.multiply(scratch, scratch, out=scratch)
+
+
+def collision_probability(s, tau, scratch):
+    """In place: cosines s -> (1 - arccos(s)/pi)**tau, clamped so rounding never yields NaN.
+    scratch: two arrays shaped like s."""
+    xp = array_module(s)
+    if s.dtype != np.float32:  # float64 (gradient checks, tight parity): exact arccos
+        xp.clip(s, -1.0, 1.0, out=s)
+        xp.arccos(s, out=s)
+        s *= -1.0 / math.pi
+        s += 1.0
+        return power_inplace(s, tau, scratch[0])
+    a, p = scratch
+    xp.abs(s, out=a)
+    c = _NEG_ACOS_POLY_OVER_PI
+    xp.multiply(a, c[-1], out=p)
+    for coef in c[-2:0:-1]:
+        p += coef
+        p *= a
+    p += c[0]                 # p = -P(|s|)/pi
+    # sqrt(|1 - |s||) rather than a clamp: no NaN when rounding puts |s| a few ulp above 1, the same error
+    # as clamping (arccos near +-1 is as sensitive as that anyway), and 4x cheaper than xp.minimum.
+    xp.subtract(1.0, a, out=a)
+    xp.abs(a, out=a)
+    xp.sqrt(a, out=a)
+    p *= a                    # -arccos(|s|)/pi
+    p += 0.5                  # 1/2 - arccos(|s|)/pi >= 0
+    # give it the sign of s by its sign bit (3x cheaper than copysign): +-(1/2 - arccos(|s|)/pi) + 1/2 is
+    # 1 - arccos(s)/pi for both signs, as arccos(-x) = pi - arccos(x)
+    sign = a.view(np.uint32)
+    xp.bitwise_and(s.view(np.uint32), np.uint32(0x80000000), out=sign)
+    pbits = p.view(np.uint32)
+    xp.bitwise_xor(pbits, sign, out=pbits)
+    xp.add(p, 0.5, out=s)
+    return power_inplace(s, tau, a)
+
+
+def expectation_blocks(q, k, tau):
+    """Yield (start, stop, W block) over row blocks of W = collision_probability(q k^T); q, k: (n, d).
+    Only one block of the n x n matrix exists at a time."""
+    xp = array_module(q)
+    nq, nk = q.shape[0], k.shape[0]
+    rows = max(1, min(nq, BLOCK_ELEMENTS // max(nk, 1)))
+    buf = xp.empty((3, rows, nk), dtype=q.dtype)
+    kt = k.T
+    for start in range(0, nq, rows):
+        stop = min(start + rows, nq)
+        s = buf[0, :stop - start]
+        xp.matmul(q[start:stop], kt, out=s)
+        yield start, stop, collision_probability(s, tau, (buf[1, :stop - start], buf[2, :stop - start]))
+
+
+def expectation_cumulation(q, k, v, tau):
+    """W v for one head: q, k (n, d) unit rows, v (n, dv) with masked keys zeroed."""
+    xp = array_module(q)
+    out = xp.empty((q.shape[0], v.shape[1]), dtype=v.dtype)
+    for start, stop, w in expectation_blocks(q, k, tau):
+        xp.matmul(w, v, out=out[start:stop])
+    return out
+
+
+def l2_normalize(x, eps=1e-12):
+    """x / max(||x||, eps) over the last axis (torch.nn.functional.normalize); returns (y, norm)."""
+    xp = array_module(x)
+    norm = xp.sqrt((x * x).sum(axis=-1, keepdims=True))
+    return x / xp.maximum(norm, eps), norm
+
+
+def depthwise_conv(v, weight):
+    """Per-head convolution along the sequence, zero padding w//2 on both sides (torch's Conv2d with
+    kernel (w, 1), groups = heads, no bias). v: (batch, heads, n, d); weight: (heads, 1, w, 1)."""
+    xp = array_module(v)
+    n, w = v.shape[2], weight.shape[2]
+    out = xp.zeros_like(v)
+    for j in range(w):
+        shift = j - w // 2  # out[i] += weight[j] * v[i + shift]
+        lo, hi = max(0, -shift), n - max(0, shift)
+        if lo < hi:
+            out[:, :, lo:hi] += weight[None, :, 0, j, 0, None, None] * v[:, :, lo + shift:hi + shift]
+    return out
+
+
+def split_heads(x, heads):
+    b, n, hidden = x.shape
+    return x.reshape(b, n, heads, hidden // heads).transpose(0, 2, 1, 3)  # (batch, heads, n, head_dim)
+
+
+def merge_heads(x):
+    b, h, n, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
+
+
+def sampling_cumulation(q, k, v, mask, config, rng):
+    """LSH estimate of W v for all heads at once; q, k, v: (batch, heads, n, d); mask (batch, n)."""
+    xp = array_module(q)
+    b, h, n, d = q.shape
+    flat = lambda t: xp.ascontiguousarray(t.reshape(b * h, n, t.shape[-1]))
+    mask_rows = xp.ascontiguousarray(xp.repeat(mask.astype(np.int32), h, axis=0))  # (batch*heads, n)
+    q_codes, k_codes = lsh.hash_codes(mask_rows, flat(q), mask_rows, flat(k), num_hash=config.num_hash,
+                                      hash_code_len=config.hash_code_len, use_fast_hash=config.use_fast_hash,
+                                      rng=rng)
+    out = lsh.lsh_cumulation(mask_rows, q_codes, mask_rows, k_codes, flat(v), 2 ** config.hash_code_len)
+    return out.reshape(b, h, n, -1), (mask_rows, q_codes, k_codes)
+
+
+def attention(p, x, mask, config, *, training=False, rng=None):
+    """p: the "attention.self." sub-dict; x: (batch, n, hidden); mask: (batch, n) 0/1 in x's dtype.
+    Returns (context (batch, n, hidden), cache)."""
+    xp = array_module(x)
+    heads = config.num_attention_heads
+    q, q_lin = linear(sub(p, "query."), x)
+    k, k_lin = linear(sub(p, "key."), x)
+    v, v_lin = linear(sub(p, "value."), x)
+    q, q_norm = l2_normalize(split_heads(q, heads))
+    k, k_norm = l2_normalize(split_heads(k, heads))
+    v = split_heads(v, heads) * mask[:, None, :, None]  # masked keys contribute nothing
+    hashes = None
+    if config.use_expectation:
+        pairs = [(i, j) for i in range(q.shape[0]) for j in range(heads)]
+        ctx = xp.empty_like(v)
+
+        def one_head(ij):
+            ctx[ij] = expectation_cumulation(q[ij], k[ij], v[ij], config.hash_code_len)
+
+        parallel_map(one_head, pairs, xp)
+    else:
+        if rng is None:
+            raise ValueError("use_expectation=False samples hash functions and needs rng (an int seed or "
+                             "numpy.random.Generator), got None")
+        ctx, hashes = sampling_cumulation(q, k, v, mask, config, rng)
+    ctx *= mask[:, None, :, None]  # masked queries give zero rows
+    out, ctx_norm = l2_normalize(ctx)
+    if config.conv_window is not None:
+        out += depthwise_conv(v, p["conv.weight"])
+    out = merge_heads(out)
+    return out, (p, q_lin, k_lin, v_lin, q, q_norm, k, k_norm, v, mask, ctx, ctx_norm, hashes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# backward
+
+def expectation_cumulation_backward(g, q, k, v, tau):
+    """Gradients of W v for one head, as the paper (sec. 3.3) and transformers' YosoCumulation define them:
+
+        dV = W^T G,   dQ = ((G V^T) * W) (tau/2) K,   dK = ((G V^T) * W)^T (tau/2) Q.
+
+    This is a SURROGATE, not the derivative of arccos: d/dx (1 - arccos(x)/pi)^tau has a factor 1/sqrt(1 - x^2)
+    that blows up as q.k -> +-1; the paper replaces it by tau/2 (its value's scale where the weights matter).
+    W is recomputed block by block instead of cached: the backward holds one block of the n x n matrix at a
+    time, like the forward. g: (n, dv) upstream gradient of the (query-masked) context; q, k unit rows."""
+    xp = array_module(q)
+    dq = xp.empty_like(q)
+    dk = xp.zeros_like(k)
+    dv = xp.zeros_like(v)
+    half_tau = tau / 2.0
+    for start, stop, w in expectation_blocks(q, k, tau):
+        gb = g[start:stop]
+        dv += w.T @ gb
+        w *= gb @ v.T  # (G V^T) * W
+        xp.matmul(w, k, out=dq[start:stop])
+        dk += w.T @ q[start:stop]
+    dq *= half_tau
+    dk *= half_tau
+    return dq, dk, dv
+
+
+def sampling_cumulation_backward(g, q, k, v, hashes, config):
+    """With lsh_backward the same three products estimated from the forward's hash codes (transformers'
+    YosoLSHCumulation.backward); all heads at once. g, q, k, v: (batch, heads, n, d)."""
+    xp = array_module(q)
+    b, h, n, d = q.shape
+    mask_rows, q_codes, k_codes = hashes
+    flat = lambda t: xp.ascontiguousarray(t.reshape(b * h, n, t.shape[-1]))
+    g, q, k, v = flat(g), flat(q), flat(k), flat(v)
+    capacity, half_tau = 2 ** config.hash_code_len, config.hash_code_len / 2.0
+    dv = lsh.lsh_cumulation(mask_rows, k_codes, mask_rows, q_codes, g, capacity)
+    dq = lsh.lsh_weighted_cumulation(mask_rows, q_codes, g, mask_rows, k_codes, v, half_tau * k, capacity)
+    dk = lsh.lsh_weighted_cumulation(mask_rows, k_codes, v, mask_rows, q_codes, g, half_tau * q, capacity)
+    unflat = lambda t: t.reshape(b, h, n, -1)
+    return unflat(dq), unflat(dk), unflat(dv)
+
+
+def l2_normalize_backward(dy, y, norm, eps=1e-12):
+    """y = x / max(||x||, eps): dx = (dy - y (y . dy)) / ||x|| where ||x|| > eps, else dy / eps."""
+    xp = array_module(dy)
+    big = norm > eps
+    return xp.where(big, (dy - y * (y * dy).sum(axis=-1, keepdims=True)) / xp.maximum(norm, eps), dy / eps)
+
+
+def depthwise_conv_backward(dout, v, weight):
+    """Returns (dv, dweight) of depthwise_conv."""
+    xp = array_module(dout)
+    n, w = v.shape[2], weight.shape[2]
+    dv = xp.zeros_like(v)
+    dweight = xp.zeros_like(weight)
+    for j in range(w):
+        shift = j - w // 2
+        lo, hi = max(0, -shift), n - max(0, shift)
+        if lo < hi:
+            dv[:, :, lo + shift:hi + shift] += weight[None, :, 0, j, 0, None, None] * dout[:, :, lo:hi]
+            dweight[:, 0, j, 0] = (dout[:, :, lo:hi] * v[:, :, lo + shift:hi + shift]).sum(axis=(0, 2, 3))
+    return dv, dweight
+
+
+def attention_backward(dout, cache, config):
+    """dout: (batch, n, hidden) gradient of attention's output. Returns (dx, grads keyed like p)."""
+    p, q_lin, k_lin, v_lin, q, q_norm, k, k_norm, v, mask, ctx, ctx_norm, hashes = cache
+    xp = array_module(dout)
+    heads, tau = config.num_attention_heads, config.hash_code_len
+    g = split_heads(dout, heads)
+    grads = {}
+    if config.conv_window is not None:
+        dv, grads["conv.weight"] = depthwise_conv_backward(g, v, p["conv.weight"])
+    else:
+        dv = xp.zeros_like(v)
+    out = ctx / xp.maximum(ctx_norm, 1e-12)
+    g = l2_normalize_backward(g, out, ctx_norm) * mask[:, None, :, None]  # through the query mask
+    if hashes is not None and config.lsh_backward:
+        dq, dk, dv_att = sampling_cumulation_backward(g, q, k, v, hashes, config)
+    else:
+        dq, dk, dv_att = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
+        pairs = [(i, j) for i in range(q.shape[0]) for j in range(heads)]
+
+        def one_head(ij):
+            dq[ij], dk[ij], dv_att[ij] = expectation_cumulation_backward(g[ij], q[ij], k[ij], v[ij], tau)
+
+        parallel_map(one_head, pairs, xp)
+    dv += dv_att
+    dv *= mask[:, None, :, None]
+    dq = merge_heads(l2_normalize_backward(dq, q, q_norm))
+    dk = merge_heads(l2_normalize_backward(dk, k, k_norm))
+    dx = 0
+    for name, d, lin in (("query.", dq, q_lin), ("key.", dk, k_lin), ("value.", merge_heads(dv), v_lin)):
+        dxi, gi = linear_backward(d, lin)
+        dx = dx + dxi
+        grads.update({name + key: val for key, val in gi.items()})
+    return dx, grads

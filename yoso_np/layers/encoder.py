@@ -1,0 +1,77 @@
+"""One YOSO encoder layer (attention, output projection, residual LayerNorm, feed-forward, residual LayerNorm)
+and the stack of them (transformers' YosoLayer / YosoEncoder). transformers' YosoSelfAttention defines an
+attention dropout but never applies it, so neither do we."""
+from .activations import activation, activation_backward
+from .attention import attention, attention_backward
+from .dropout import dropout, dropout_backward
+from .linear import linear, linear_backward
+from .norm import layer_norm, layer_norm_backward
+from .params import sub
+
+
+def encoder_layer(p, x, mask, config, *, training=False, rng=None):
+    """p: the "encoder.layer.{i}." sub-dict; x: (batch, n, hidden); mask: (batch, n) 0/1 in x's dtype.
+    Returns (y, attention context, cache)."""
+    eps, rate = config.layer_norm_eps, config.hidden_dropout_prob
+    ctx, att = attention(sub(p, "attention.self."), x, mask, config, training=training, rng=rng)
+    h, att_dense = linear(sub(p, "attention.output.dense."), ctx)
+    h, att_drop = dropout(h, rate, rng, training)
+    h += x
+    a, att_ln = layer_norm(sub(p, "attention.output.LayerNorm."), h, eps)
+    i, ffn_in = linear(sub(p, "intermediate.dense."), a)
+    i, act = activation(config.hidden_act, i)
+    o, ffn_out = linear(sub(p, "output.dense."), i)
+    o, ffn_drop = dropout(o, rate, rng, training)
+    o += a
+    y, ffn_ln = layer_norm(sub(p, "output.LayerNorm."), o, eps)
+    return y, ctx, (att, att_dense, att_drop, att_ln, ffn_in, act, ffn_out, ffn_drop, ffn_ln)
+
+
+def encoder(p, x, mask, config, *, training=False, rng=None, output_hidden_states=False,
+            output_attentions=False, keep_caches=False):
+    """p: the "encoder." sub-dict. Returns (y, hidden_states, contexts, caches), each list None unless asked
+    for: hidden_states holds the input and every layer's output; contexts every layer's attention context
+    (what transformers returns as "attentions"); caches the per-layer caches for the backward."""
+    hidden_states = [x] if output_hidden_states else None
+    contexts = [] if output_attentions else None
+    caches = [] if keep_caches else None
+    for i in range(config.num_hidden_layers):
+        x, ctx, cache = encoder_layer(sub(p, f"layer.{i}."), x, mask, config, training=training, rng=rng)
+        for kept, value in ((hidden_states, x), (contexts, ctx), (caches, cache)):
+            if kept is not None:
+                kept.append(value)
+    return x, hidden_states, contexts, caches
+
+
+def encoder_layer_backward(dy, cache, config):
+    """Returns (dx, grads keyed like the "encoder.layer.{i}." sub-dict)."""
+    att, att_dense, att_drop, att_ln, ffn_in, act, ffn_out, ffn_drop, ffn_ln = cache
+    grads = {}
+
+    def collect(prefix, g):
+        grads.update({prefix + k: v for k, v in g.items()})
+
+    do, g = layer_norm_backward(dy, ffn_ln)
+    collect("output.LayerNorm.", g)
+    di, g = linear_backward(dropout_backward(do, ffn_drop), ffn_out)
+    collect("output.dense.", g)
+    da, g = linear_backward(activation_backward(di, act), ffn_in)
+    collect("intermediate.dense.", g)
+    da += do  # residual around the feed-forward
+    dh, g = layer_norm_backward(da, att_ln)
+    collect("attention.output.LayerNorm.", g)
+    dctx, g = linear_backward(dropout_backward(dh, att_drop), att_dense)
+    collect("attention.output.dense.", g)
+    dx, g = attention_backward(dctx, att, config)
+    collect("attention.self.", g)
+    dx += dh  # residual around the attention
+    return dx, grads
+
+
+def encoder_backward(dy, caches, config):
+    """Returns (dx, grads keyed like the "encoder." sub-dict)."""
+    grads = {}
+    for i in reversed(range(len(caches))):
+        dy, g = encoder_layer_backward(dy, caches[i], config)
+        grads.update({f"layer.{i}.{k}": v for k, v in g.items()})
+    return dy, grads
