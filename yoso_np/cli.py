@@ -1,0 +1,129 @@
+"""`yoso-np` (also `python -m yoso_np`): the command line.
+
+    yoso-np fill-mask uw-madison/yoso-4096 "Paris is the <mask> of France." --top-k 3
+    yoso-np info uw-madison/yoso-4096
+
+Each subcommand is one function registered with @command: it receives the argparse namespace and returns the
+exit status. Its arguments are declared by the `arguments` function given to @command. User errors (a missing
+model, a text without mask, a bad option) print one line `yoso-np: error: ...` to stderr and exit with 2.
+"""
+import argparse
+import json
+import sys
+
+PROG = "yoso-np"
+COMMANDS = {}  # name -> (help, add_arguments(parser), run(args) -> int)
+
+
+class UsageError(Exception):
+    """A mistake in the command line, reported as one line and exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage and exits; we report one line from main instead
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def command(name, help, arguments):
+    """Register ``run(args) -> int`` as subcommand ``name``; ``arguments(parser)`` declares its arguments."""
+    def register(run):
+        COMMANDS[name] = (help, arguments, run)
+        return run
+    return register
+
+
+def add_hub_arguments(parser):
+    """MODEL and the options that say where to find it (shared by every subcommand that loads a model)."""
+    parser.add_argument("model", metavar="MODEL", help="local folder or hub repo id (e.g. uw-madison/yoso-4096)")
+    parser.add_argument("--revision", help="hub branch, tag or commit")
+    parser.add_argument("--cache-dir", help="hub cache folder (default: huggingface_hub's)")
+    parser.add_argument("--local-files-only", action="store_true", help="use the hub cache only, no network")
+    parser.add_argument("--token", help="hub token for private or gated repos")
+
+
+def hub_kwargs(args):
+    return dict(revision=args.revision, cache_dir=args.cache_dir, local_files_only=args.local_files_only,
+                token=args.token)
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ fill-mask
+def fill_mask_arguments(parser):
+    add_hub_arguments(parser)
+    parser.add_argument("text", metavar="TEXT", help="text holding the mask token, e.g. 'Paris is the <mask>.'")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="predictions per mask (default 5)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs")
+    parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
+
+
+@command("fill-mask", "predict the masked token(s) of a text", fill_mask_arguments)
+def fill_mask(args):
+    from .pipelines import pipeline
+
+    fill = pipeline("fill-mask", args.model, device=args.device, **hub_kwargs(args))
+    result = fill(args.text, top_k=args.top_k)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    per_mask = [result] if result and isinstance(result[0], dict) else result
+    for i, predictions in enumerate(per_mask):
+        if len(per_mask) > 1:
+            print(f"{'' if i == 0 else chr(10)}mask {i + 1} of {len(per_mask)}")
+        rows = [(f"{p['score']:.4f}", repr(p["token_str"]), p["sequence"]) for p in predictions]
+        widths = [max(len(r[c]) for r in rows + [("score", "token", "sequence")]) for c in range(2)]
+        print(f"{'score':>{widths[0]}}  {'token':<{widths[1]}}  sequence")
+        for score, token, sequence in rows:
+            print(f"{score:>{widths[0]}}  {token:<{widths[1]}}  {sequence}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ info
+@command("info", "print a model's config, class and parameter count", add_hub_arguments)
+def info(args):
+    from .pipelines import checkpoint_class
+
+    hub = hub_kwargs(args)
+    model = checkpoint_class(args.model, **hub).from_pretrained(args.model, **hub)
+    for key, value in model.config.to_dict().items():
+        print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    print(f"class: {type(model).__name__}")
+    print(f"parameters: {model.num_parameters():,}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ main
+def build_parser():
+    parser = ArgumentParser(prog=PROG, description="YOSO transformers in NumPy and CuPy")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help, arguments, run) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help, description=help)
+        arguments(sub)
+        sub.set_defaults(run=run)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line ``argv`` (default sys.argv[1:]); returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, TypeError, OSError, ImportError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
