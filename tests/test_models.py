@@ -163,3 +163,23 @@ def test_transformers_loads_what_we_save(tmp_path):
     with torch.no_grad():
         logits = theirs(input_ids=torch.tensor(IDS[:1])).logits.numpy()
     np.testing.assert_allclose(model(IDS[:1]).logits, logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("lsh_backward", [True, False])
+def test_training_step_is_reproducible_from_rng(lsh_backward):
+    config = tiny(num_labels=2, use_expectation=False, num_hash=4, hash_code_len=3, lsh_backward=lsh_backward)
+    model = YosoForSequenceClassification(config)
+    a_out, a = model.forward_backward(IDS, MASK, labels=[0, 1], training=True, rng=3)
+    b_out, b = model.forward_backward(IDS, MASK, labels=[0, 1], training=True, rng=np.random.default_rng(3))
+    _, c = model.forward_backward(IDS, MASK, labels=[0, 1], training=True, rng=4)
+    assert float(a_out.loss) == float(b_out.loss)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert any(not np.array_equal(a[k], c[k]) for k in a)
+    assert set(a) == set(model.state_dict()) and all(a[k].shape == model.weights[k].shape for k in a)
+
+
+def test_forward_backward_needs_a_target():
+    with pytest.raises(ValueError, match="needs labels"):
+        YosoForSequenceClassification(tiny()).forward_backward(IDS, MASK)
+    with pytest.raises(ValueError, match="grad_last_hidden_state"):
+        YosoModel(tiny()).forward_backward(IDS, MASK)
