@@ -24,6 +24,12 @@ def random_mask(rng, batch, n):
 
 
 # ---------------------------------------------------------------------------------------------- hashing
+@pytest.mark.parametrize("dim", [1, 2, 8, 32, 128])
+def test_hadamard_transform_is_multiplication_by_sylvester_matrix(dim):
+    a = np.random.default_rng(dim).standard_normal((3, 2, dim))
+    np.testing.assert_allclose(lsh.hadamard_transform(a), a @ sylvester(dim), atol=1e-12)
+
+
 @pytest.mark.parametrize("dim,num_hash,code_len", [(8, 5, 3), (32, 13, 4), (64, 20, 9), (64, 3, 1)])
 def test_fast_hash_matches_explicit_hadamard_transforms(dim, num_hash, code_len):
     rng = np.random.default_rng(dim + num_hash)
@@ -186,23 +192,27 @@ def test_lsh_weighted_cumulation_matches_brute_force(code_len):
     np.testing.assert_allclose(out, brute_force(qm, qc, km, kc, v, qw, kw), rtol=1e-5, atol=1e-5)
 
 
-def test_cumulations_with_one_bucket_sparse_codes_and_small_blocks(monkeypatch):
-    # every key in one bucket (the longest walk), then codes spread over 2**20 buckets (bucket lookup by search)
-    qm, qc, km, kc, v, qw, kw, _ = cumulation_inputs(5, 3, num_hash=6)
-    zeros_q, zeros_k = np.zeros_like(qc), np.zeros_like(kc)
-    np.testing.assert_allclose(lsh.lsh_cumulation(qm, zeros_q, km, zeros_k, v, 8),
-                               brute_force(qm, zeros_q, km, zeros_k, v), rtol=1e-5, atol=1e-5)
-    qm, qc, km, kc, v, qw, kw, cap = cumulation_inputs(6, 20, few_codes=False)
-    qc[:, :4] = kc[:, :4]  # make sure some codes collide
-    np.testing.assert_allclose(lsh.lsh_cumulation(qm, qc, km, kc, v, cap), brute_force(qm, qc, km, kc, v),
-                               rtol=1e-5, atol=1e-5)
-    # tiny cache blocks: one (row, hash) per block
-    monkeypatch.setattr(lsh, "TABLE_BLOCK_FLOATS", 1)
+@pytest.mark.parametrize("block_floats,big_bucket", [(lsh.TABLE_BLOCK_FLOATS, lsh.BIG_BUCKET), (1, 2)])
+def test_cumulations_with_one_bucket_sparse_codes_and_small_blocks(monkeypatch, block_floats, big_bucket):
+    # (1, 2): one (row, hash) per cache block, and every bucket of more than 2 keys summed by reduceat
+    monkeypatch.setattr(lsh, "TABLE_BLOCK_FLOATS", block_floats)
+    monkeypatch.setattr(lsh, "BIG_BUCKET", big_bucket)
     qm, qc, km, kc, v, qw, kw, cap = cumulation_inputs(7, 4)
     np.testing.assert_allclose(lsh.lsh_cumulation(qm, qc, km, kc, v, cap), brute_force(qm, qc, km, kc, v),
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(lsh.lsh_weighted_cumulation(qm, qc, qw, km, kc, kw, v, cap),
                                brute_force(qm, qc, km, kc, v, qw, kw), rtol=1e-5, atol=1e-5)
+    # every key in one bucket: the longest walk
+    zeros_q, zeros_k = np.zeros_like(qc), np.zeros_like(kc)
+    np.testing.assert_allclose(lsh.lsh_cumulation(qm, zeros_q, km, zeros_k, v, cap),
+                               brute_force(qm, zeros_q, km, zeros_k, v), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lsh.lsh_weighted_cumulation(qm, zeros_q, qw, km, zeros_k, kw, v, cap),
+                               brute_force(qm, zeros_q, km, zeros_k, v, qw, kw), rtol=1e-5, atol=1e-5)
+    # codes spread over 2**20 buckets: buckets are found by binary search instead of a lookup table
+    qm, qc, km, kc, v, qw, kw, cap = cumulation_inputs(6, 20, few_codes=False)
+    qc[:, :4] = kc[:, :4]  # make sure some codes collide
+    np.testing.assert_allclose(lsh.lsh_cumulation(qm, qc, km, kc, v, cap), brute_force(qm, qc, km, kc, v),
+                               rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -239,7 +249,8 @@ def test_hashing_input_errors():
 def test_cumulation_input_errors():
     qm, qc, km, kc, v, qw, kw, cap = cumulation_inputs(0, 3)
     cases = [
-        (TypeError, "query_hash_code must be int32", lambda: lsh.lsh_cumulation(qm, qc.astype(np.int64), km, kc, v, cap)),
+        (TypeError, "query_hash_code must be int32",
+         lambda: lsh.lsh_cumulation(qm, qc.astype(np.int64), km, kc, v, cap)),
         (ValueError, r"key_hash_code must lie in \[0, 8\)", lambda: lsh.lsh_cumulation(qm, qc, km, kc + 8, v, cap)),
         (ValueError, "hashtable_capacity must be 2", lambda: lsh.lsh_cumulation(qm, qc, km, kc, v, 12)),
         (ValueError, r"key_mask must have shape \(3, 11\)", lambda: lsh.lsh_cumulation(qm, qc, km[:, :5], kc, v, cap)),

@@ -129,16 +129,24 @@ def draw_hash_matrices(rng, batch, dim, num_hash, hash_code_len, use_fast_hash, 
     return xp.asarray(matrices)
 
 
+def _sylvester_hadamard(dim):
+    h = np.ones((1, 1))
+    while h.shape[0] < dim:
+        h = np.kron([[1.0, 1.0], [1.0, -1.0]], h)
+    return h
+
+
 def hadamard_transform(a):
-    """a @ H along the last axis (unnormalised Sylvester-Hadamard H, size a power of two): log2(d) butterflies."""
+    """a @ H along the last axis, H the unnormalised Sylvester-Hadamard matrix (size a power of two).
+
+    H_d = H_r (kron) H_c with r * c = d, so on a reshaped to [.., r, c] it is H_r @ A @ H_c: two small matmuls,
+    d * (r + c) work per vector instead of d**2.
+    """
     xp = _backend(a=a)
-    shape, dim = a.shape, a.shape[-1]
-    h = 1
-    while h < dim:
-        pairs = a.reshape(-1, dim // (2 * h), 2, h)
-        a = xp.stack([pairs[:, :, 0] + pairs[:, :, 1], pairs[:, :, 0] - pairs[:, :, 1]], axis=2)
-        h *= 2
-    return a.reshape(shape)
+    dim = a.shape[-1]
+    rows = 1 << ((dim.bit_length() - 1) // 2)
+    h_rows, h_cols = (xp.asarray(_sylvester_hadamard(k), dtype=a.dtype) for k in (rows, dim // rows))
+    return (xp.matmul(h_rows, a.reshape(-1, rows, dim // rows)) @ h_cols).reshape(a.shape)
 
 
 def fast_hash_projection(dmat, num_hash, hash_code_len):
@@ -146,13 +154,14 @@ def fast_hash_projection(dmat, num_hash, hash_code_len):
 
     Part p computes y = H D3 H D2 H D1 x, i.e. the row vector x @ (D1 H D2 H D3 H) (H is symmetric), and hash
     f = p * (d // L) + g takes columns g * L .. g * L + L - 1 of part p. The composed matrix is built by running the
-    transform on the rows of the identity; its entries are integers of magnitude <= d**1.5, exact in float32 for
-    d <= 4096, so x @ R differs from the sequential transform only by float rounding.
+    transform on the rows of the identity; its entries are integers below d**2, exact in float32 for d <= 4096, so
+    x @ R differs from the sequential transform only by float rounding.
     """
     xp = _backend(dmat=dmat)
     batch, _, num_part, dim = dmat.shape
-    signs = xp.asarray(dmat, dtype=xp.float64)[:, :, :, None, :]   # [batch, 3, part, 1, d]
-    m = xp.broadcast_to(xp.eye(dim), (batch, num_part, dim, dim))
+    exact = xp.float32 if dim <= 4096 else xp.float64
+    signs = xp.asarray(dmat, dtype=exact)[:, :, :, None, :]        # [batch, 3, part, 1, d]
+    m = xp.broadcast_to(xp.eye(dim, dtype=exact), (batch, num_part, dim, dim))
     for r in range(3):
         m = hadamard_transform(m * signs[:, r])                     # rows: e_i^T D1 H D2 H ...
     per_part = dim // hash_code_len
@@ -160,6 +169,14 @@ def fast_hash_projection(dmat, num_hash, hash_code_len):
     columns = (f // per_part) * dim + (f % per_part) * hash_code_len + np.arange(hash_code_len)
     m = m.transpose(0, 2, 1, 3).reshape(batch, dim, num_part * dim)
     return xp.ascontiguousarray(m[:, :, xp.asarray(columns.ravel())], dtype=xp.float32)
+
+
+def _fast_hash_projections(dmat, num_hash, hash_code_len, max_floats=2**22):
+    """fast_hash_projection one batch row at a time, computed a few rows at once (bounded memory for large d)."""
+    batch, _, num_part, dim = dmat.shape
+    rows = max(1, max_floats // (num_part * dim * dim))
+    for start in range(0, batch, rows):
+        yield from fast_hash_projection(dmat[start:start + rows], num_hash, hash_code_len)
 
 
 def _sign_codes(x, projections, keep, num_hash, hash_code_len, rows_per_chunk=1024):
@@ -199,8 +216,7 @@ def fast_hash(mask, x, dmat, num_hash, hash_code_len):
         from .raw_kernels import fast_hash as kernels
         return kernels.fast_hash(keep.astype(xp.int32), xp.ascontiguousarray(x, dtype=xp.float32),
                                  xp.ascontiguousarray(dmat, dtype=xp.float32), num_hash, hash_code_len)
-    projections = (fast_hash_projection(dmat[b:b + 1], num_hash, hash_code_len)[0] for b in range(batch))
-    return _sign_codes(x, projections, keep, num_hash, hash_code_len)
+    return _sign_codes(x, _fast_hash_projections(dmat, num_hash, hash_code_len), keep, num_hash, hash_code_len)
 
 
 def gaussian_hash(mask, x, rmat, num_hash, hash_code_len):
@@ -281,6 +297,9 @@ def _argsort_descending(counts, largest):
     return np.argsort(-counts, kind="stable")
 
 
+BIG_BUCKET = 64  # buckets with more keys are summed by np.add.reduceat
+
+
 class _KeyBuckets:
     """The keys of every (batch row, hash) grouped by code: a counting-sort layout of the hash tables.
 
@@ -325,7 +344,7 @@ class _KeyBuckets:
         query_key = rows * self.capacity + query_hash_code
         keys = self.bucket_key_sorted
         if keys.size == 0:
-            return np.full(query_key.shape, 0, dtype=np.int64)
+            return np.full(query_key.shape, self.count, dtype=np.int64)
         table_size = batch * num_hash * self.capacity
         if table_size <= 4 * (query_key.size + keys.size):
             table = np.full(table_size, self.count, dtype=np.int64)
@@ -337,15 +356,23 @@ class _KeyBuckets:
     def sums(self, rows):
         """[count + 1, width]: the sum of rows[k] over the keys k of each bucket (last row: the empty bucket).
 
-        Level r adds the (r+1)-th key of every bucket holding more than r keys; those buckets are a prefix,
-        so each level is one gather and one contiguous add, with no scatter conflicts.
+        Level r adds the (r+1)-th key of every bucket holding more than r keys; those buckets are a prefix, so each
+        level is one gather and one contiguous add, with no scatter conflicts. Buckets bigger than BIG_BUCKET (a
+        prefix too) are summed as contiguous runs by np.add.reduceat instead, so no input costs n levels.
         """
         sums = np.zeros((self.count + 1, rows.shape[1]), dtype=rows.dtype)
-        for r, live in enumerate(self.more_than):
-            sums[:live] += np.take(rows, self.sorted_keys[self.start[:live] + r], axis=0)
+        big = int(self.more_than[BIG_BUCKET]) if self.more_than.size > BIG_BUCKET else 0
+        if big:
+            run_start = np.cumsum(self.size[:big]) - self.size[:big]
+            positions = np.arange(run_start[-1] + self.size[big - 1]) + np.repeat(self.start[:big] - run_start,
+                                                                                  self.size[:big])
+            sums[:big] = np.add.reduceat(np.take(rows, self.sorted_keys[positions], axis=0), run_start, axis=0)
+        for r, live in enumerate(self.more_than[:BIG_BUCKET]):
+            sums[big:live] += np.take(rows, self.sorted_keys[self.start[big:live] + r], axis=0)
         return sums
+
     def weighted_pair_sums(self, query_hash_code, query_keep, query_weight, key_weight, value):
-        """[batch, n_q, d_v]: sum over hashes f and keys k colliding with q of (query_weight[q] . key_weight[k]) value[k].
+        """[batch, n_q, d_v]: sum over hashes f and keys k colliding with q of (qw[q] . kw[k]) value[k].
 
         Walks the colliding pairs level by level as in sums(): the (query, hash) entries sorted by the size of their
         bucket, level r pairs each entry whose bucket has more than r keys with its (r+1)-th key.
@@ -367,8 +394,6 @@ class _KeyBuckets:
         per_entry = np.zeros((batch * n_q * num_hash, d_v), dtype=value.dtype)
         per_entry[entries] = acc
         return per_entry.reshape(batch, n_q, num_hash, d_v).sum(axis=2)
-
-
 
 
 def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity):
@@ -393,7 +418,7 @@ def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, 
         bucket_of = buckets.lookup(query_hash_code[rows, :, hashes])
         for f in range(bucket_of.shape[2]):
             out[rows] += np.take(table, bucket_of[:, :, f], axis=0)
-    out *= (query_keep[:, :, None] / np.asarray(num_hash, dtype=value.dtype)).astype(value.dtype)
+    out *= query_keep[:, :, None].astype(value.dtype) / num_hash
     return out
 
 
@@ -426,5 +451,5 @@ def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask,
         buckets = _KeyBuckets(key_hash_code[rows, :, hashes], key_keep[rows], capacity)
         out[rows] += buckets.weighted_pair_sums(query_hash_code[rows, :, hashes], query_keep[rows], query_weight[rows],
                                                 key_weight[rows], value[rows])
-    out *= np.asarray(1 / num_hash, dtype=dtype)
+    out /= num_hash
     return out
