@@ -100,6 +100,20 @@ def info(args):
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ finetune
+def finetune_arguments(parser):
+    from .train import add_finetune_arguments
+
+    add_finetune_arguments(parser)
+
+
+@command("finetune", "fine-tune a YOSO checkpoint with SGD, no torch (see yoso_np.train)", finetune_arguments)
+def finetune(args):
+    from .train import run_finetune
+
+    return run_finetune(args)
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser():
     parser = ArgumentParser(prog=PROG, description="YOSO transformers in NumPy and CuPy")
