@@ -2,7 +2,6 @@
 
 CuPy is imported lazily: nothing here touches it until a CuPy array or ``device="cuda"`` shows up.
 """
-import os
 import sys
 
 import numpy as np
@@ -56,21 +55,6 @@ def to_device(x, device):
 def to_numpy(x):
     """A NumPy array (or the value unchanged if it is not an array)."""
     return to_device(x, "cpu")
-
-
-def parallel_map(fn, items, xp):
-    """[fn(i) for i in items]; on NumPy spread over CPU threads (NumPy and BLAS release the GIL on large
-    arrays), on CuPy a plain loop (the GPU already runs each call in parallel)."""
-    items = list(items)
-    if xp is not np or len(items) < 2:
-        return [fn(i) for i in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    workers = min(len(items), os.cpu_count() or 1)
-    if workers < 2:
-        return [fn(i) for i in items]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, items))
 
 
 def scatter_add_rows(num_rows, index, values):

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .. import lsh
-from ..backend import array_module, parallel_map
+from ..backend import array_module
 from .linear import linear, linear_backward
 from .params import sub
 
@@ -84,7 +84,9 @@ def collision_probability(s, tau, scratch):
 
 def expectation_blocks(q, k, tau):
     """Yield (start, stop, W block) over row blocks of W = collision_probability(q k^T); q, k: (n, d).
-    Only one block of the n x n matrix exists at a time."""
+    Only one block of the n x n matrix exists at a time. Heads and blocks run one after another: the matmuls use
+    BLAS's threads, and Python threads on top of them (per head or per block part) made a layer at n = 4096
+    7x slower on 2 cores, as the threads contend."""
     xp = array_module(q)
     nq, nk = q.shape[0], k.shape[0]
     rows = max(1, min(nq, BLOCK_ELEMENTS // max(nk, 1)))
@@ -163,13 +165,9 @@ def attention(p, x, mask, config, *, training=False, rng=None):
     v = split_heads(v, heads) * mask[:, None, :, None]  # masked keys contribute nothing
     hashes = None
     if config.use_expectation:
-        pairs = [(i, j) for i in range(q.shape[0]) for j in range(heads)]
         ctx = xp.empty_like(v)
-
-        def one_head(ij):
+        for ij in np.ndindex(q.shape[:2]):  # (batch, head)
             ctx[ij] = expectation_cumulation(q[ij], k[ij], v[ij], config.hash_code_len)
-
-        parallel_map(one_head, pairs, xp)
     else:
         if rng is None:
             raise ValueError("use_expectation=False samples hash functions and needs rng (an int seed or "
@@ -266,12 +264,8 @@ def attention_backward(dout, cache, config):
         dq, dk, dv_att = sampling_cumulation_backward(g, q, k, v, hashes, config)
     else:
         dq, dk, dv_att = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
-        pairs = [(i, j) for i in range(q.shape[0]) for j in range(heads)]
-
-        def one_head(ij):
+        for ij in np.ndindex(q.shape[:2]):  # (batch, head)
             dq[ij], dk[ij], dv_att[ij] = expectation_cumulation_backward(g[ij], q[ij], k[ij], v[ij], tau)
-
-        parallel_map(one_head, pairs, xp)
     dv += dv_att
     dv *= mask[:, None, :, None]
     dq = merge_heads(l2_normalize_backward(dq, q, q_norm))
