@@ -99,7 +99,8 @@ def to_rng(rng):
 
 
 class YosoPreTrainedModel:
-    """Shared machinery; subclasses define head_shapes, optional head keys and forward."""
+    """Shared machinery; a subclass defines head_shapes (its head's weights), __call__ (its signature) and
+    _head (head, loss and their backward)."""
 
     base_prefix = "yoso."
 
@@ -125,8 +126,6 @@ class YosoPreTrainedModel:
     @staticmethod
     def head_shapes(config):
         return {}
-
-    optional_head = True  # head weights a base checkpoint lacks are initialised (with a warning)
 
     def expected_shapes(self):
         shapes = {self.base_prefix + k: s for k, s in base_shapes(self.config).items()}
@@ -251,11 +250,12 @@ class YosoPreTrainedModel:
     TARGET_NAMES = ("labels", "start_positions", "end_positions", "grad_last_hidden_state")
 
     def _flatten_choices(self, inputs):
-        return inputs
+        return inputs, None
 
     def _run(self, args, keep_caches=False):
-        inputs = self._flatten_choices({k: args[k] for k in self.INPUT_NAMES})
+        inputs, choices = self._flatten_choices({k: args[k] for k in self.INPUT_NAMES})
         targets = {k: args.get(k) for k in self.TARGET_NAMES}
+        targets["choices"] = choices
         training, rng = args["training"], args["rng"]
         base, mask, rng, caches = self._base(**inputs, training=training, rng=rng,
                                              output_hidden_states=args["output_hidden_states"],
@@ -317,8 +317,8 @@ class YosoModel(YosoPreTrainedModel):
         return {}, None, lambda: (g.astype(h.dtype), {}, None)
 
 
-def _nll(name, logits, labels, mask=None):
-    """Cross entropy of (N, C) logits with labels, as transformers' heads use it; returns (loss, backward)."""
+def _cross_entropy(logits, labels):
+    """Cross entropy of (N, C) logits with labels (-100 ignored); returns (loss, backward() -> dlogits)."""
     loss, cache = losses.cross_entropy(logits, labels)
     return loss, lambda: losses.cross_entropy_backward(array_module(logits).ones((), logits.dtype), cache)
 
@@ -343,7 +343,7 @@ class YosoForMaskedLM(YosoPreTrainedModel):
         if targets["labels"] is not None:
             labels = as_array(targets["labels"], array_module(logits), "labels", "int")
             check_shape(labels, "labels", logits.shape[:-1])
-            loss, loss_backward = _nll("labels", logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+            loss, loss_backward = _cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
         def backward():
             dh, grads, d_words = heads.mlm_head_backward(loss_backward().reshape(logits.shape), cache)
@@ -402,7 +402,7 @@ def sequence_classification_loss(problem_type, logits, labels):
         if labels.dtype.kind not in "iu":
             raise TypeError(f"labels for single_label_classification must be integers, got dtype {labels.dtype}")
         check_shape(labels.reshape(-1), "labels", (batch,))
-        return _nll("labels", logits, labels.reshape(-1))
+        return _cross_entropy(logits, labels.reshape(-1))
     check_shape(labels, "labels", logits.shape)
     loss, cache = losses.bce_with_logits(logits, labels.astype(logits.dtype))
     return loss, lambda: losses.bce_with_logits_backward(one, cache)
@@ -425,24 +425,24 @@ class YosoForMultipleChoice(YosoPreTrainedModel):
         if lead is None or np.ndim(lead) < 3:
             raise ValueError("YosoForMultipleChoice takes input_ids of shape (batch, choices, sequence) "
                              "or inputs_embeds of shape (batch, choices, sequence, hidden)")
-        self._choices = np.shape(lead)[:2]
+        choices = np.shape(lead)[:2]
         for k, a in inputs.items():
             if a is not None:
                 a = a if hasattr(a, "shape") else np.asarray(a)
                 if a.ndim < 3:
                     raise ValueError(f"{k} must have shape (batch, choices, ...) like the inputs, got {a.shape}")
                 inputs[k] = a.reshape((-1,) + tuple(a.shape[2:]))
-        return inputs
+        return inputs, choices
 
     def _head(self, h, mask, targets, training, rng):
-        batch, choices = self._choices
+        batch, choices = targets["choices"]
         flat_logits, cache = heads.multiple_choice_head(self.weights, h)
         logits = flat_logits.reshape(batch, choices)
         loss = loss_backward = None
         if targets["labels"] is not None:
             labels = as_array(targets["labels"], array_module(logits), "labels", "int")
             check_shape(labels, "labels", (batch,))
-            loss, loss_backward = _nll("labels", logits, labels)
+            loss, loss_backward = _cross_entropy(logits, labels)
 
         def backward():
             return (*heads.multiple_choice_head_backward(loss_backward().reshape(flat_logits.shape), cache), None)
@@ -469,7 +469,7 @@ class YosoForTokenClassification(YosoPreTrainedModel):
             check_shape(labels, "labels", logits.shape[:-1])
             # transformers scores only the tokens whose attention_mask is 1
             active = xp.where(mask.reshape(-1) == 1, labels.reshape(-1), -100)
-            loss, loss_backward = _nll("labels", logits.reshape(-1, logits.shape[-1]), active)
+            loss, loss_backward = _cross_entropy(logits.reshape(-1, logits.shape[-1]), active)
 
         def backward():
             dh, grads = heads.token_classification_head_backward(loss_backward().reshape(logits.shape), cache)
