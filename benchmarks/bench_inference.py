@@ -1,0 +1,123 @@
+"""CPU forward of a base-size YosoModel: yoso_np (NumPy) against transformers (torch) and ONNX Runtime.
+
+    python benchmarks/bench_inference.py                                  # n = 512, 1024, 4096, all impls
+    python benchmarks/bench_inference.py --layers 1 --lengths 128 --repeats 1   # smoke test
+
+Each (impl, n) runs in a fresh process: time, peak extra memory of one forward, and the output is compared
+with torch's. See benchmarks/README.md.
+"""
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # common.py, and this checkout's yoso_np uninstalled
+import common  # noqa: E402
+
+IMPLS = ("yoso_np", "torch", "onnx", "yoso_np_sampling")
+
+
+def config_for(layers, sampling=False):
+    import yoso_np
+    return yoso_np.YosoConfig(**common.BASE, num_hidden_layers=layers, use_expectation=not sampling)
+
+
+def onnx_path(layers):
+    """The cached export of transformers' YosoModel holding yoso_np's seed-SEED weights for this config."""
+    key = json.dumps([config_for(layers).to_dict(), common.SEED], sort_keys=True).encode()
+    return common.CACHE / f"yoso_L{layers}_{hashlib.sha1(key).hexdigest()[:10]}.onnx"
+
+
+def export_onnx(layers):
+    import torch
+    import yoso_np
+
+    config = config_for(layers)
+    model = common.torch_model("YosoModel", config, yoso_np.YosoModel(config, seed=common.SEED).weights)
+
+    class LastHiddenState(torch.nn.Module):  # a plain tensor output for the tracer
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids, mask = common.input_arrays(1, 16, config.vocab_size)
+    path = onnx_path(layers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    axes = {0: "batch", 1: "n"}
+    torch.onnx.export(LastHiddenState(model), (torch.from_numpy(ids), torch.from_numpy(mask)), str(partial),
+                      input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                      dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
+                      opset_version=17, dynamo=False)
+    os.replace(partial, path)
+
+
+def run_case(case):
+    impl, n = case["impl"], case["n"]
+    ids, mask = common.input_arrays(1, n, common.BASE["vocab_size"])
+    if impl == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(case["onnx"], providers=["CPUExecutionProvider"])
+        forward = lambda: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]  # noqa: E731
+    else:
+        import yoso_np
+
+        config = config_for(case["layers"], sampling=impl == "yoso_np_sampling")
+        model = yoso_np.YosoModel(config, seed=common.SEED)
+        if impl == "torch":
+            import torch
+
+            torch_model = common.torch_model("YosoModel", config, model.weights)
+            del model  # load_state_dict copied the weights
+            t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+
+            def forward():
+                with torch.no_grad():
+                    return torch_model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state.numpy()
+        else:
+            def forward():
+                return model(input_ids=ids, attention_mask=mask, rng=0).last_hidden_state
+    out, stats = common.measure(forward, case["repeats"], f"{impl} n={n}")
+    return {"last_hidden_state": out}, stats
+
+
+def main():
+    if "--worker" in sys.argv:
+        return common.worker_main(run_case)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", default="512,1024,4096", help="sequence lengths, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3, help="timed forwards after the warm-up (median)")
+    parser.add_argument("--impl", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
+    parser.add_argument("--layers", type=int, default=12, help="encoder layers (shrink for smoke tests)")
+    parser.add_argument("--export-onnx", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.export_onnx:
+        return export_onnx(args.layers)
+    impls = args.impl.split(",")
+    unknown = sorted(set(impls) - set(IMPLS))
+    if unknown:
+        parser.error(f"--impl: unknown {unknown}, expected a subset of {list(IMPLS)}")
+    lengths = [int(n) for n in args.lengths.split(",")]
+
+    path = onnx_path(args.layers)
+    if "onnx" in impls and not path.exists():
+        common.progress(f"exporting transformers' YosoModel to {path} (once)")
+        subprocess.run([sys.executable, __file__, "--export-onnx", "--layers", str(args.layers)], check=True)
+    cases = [dict(impl=impl, n=n, size=str(n), layers=args.layers, repeats=args.repeats, onnx=str(path))
+             for n in lengths for impl in impls]
+    print(f"## YosoModel forward on CPU: batch 1, hidden 768, 12 heads, {args.layers} layers, FFN 3072, "
+          f"median of {args.repeats} after 1 warm-up\n")
+    with tempfile.TemporaryDirectory(prefix="yoso_np_bench_") as out_dir:
+        common.run_all(__file__, cases, out_dir, "n", "max abs diff vs torch")
+
+
+if __name__ == "__main__":
+    main()
