@@ -22,17 +22,6 @@ KINKS = {
 LARGE = np.array([1e-3, 1.0, 10.0, 20.5, 50.0, 88.0, 89.0, 100.0, 1e3, 1e4])
 
 
-def cupy_or_skip():
-    cupy = pytest.importorskip("cupy")
-    try:
-        devices = cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # cupy installed without a usable driver
-        devices = 0
-    if devices == 0:
-        pytest.skip("no CUDA device")
-    return cupy
-
-
 def test_every_transformers_name_is_known():
     assert TRANSFORMERS_NAMES <= set(ACTIVATIONS)
 
@@ -156,8 +145,7 @@ def test_bad_inputs():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", NAMES)
-def test_cupy_matches_numpy(name):
-    cupy = cupy_or_skip()
+def test_cupy_matches_numpy(name, cupy):
     x = np.concatenate([np.linspace(-12, 12, 241), LARGE, -LARGE]).astype(np.float32)
     dy = np.random.default_rng(4).standard_normal(x.shape).astype(np.float32)
     y, cache = activation(name, x)

@@ -10,19 +10,8 @@ from tests.test_parity import assert_close, tolerance
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def cp():
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except cupy.cuda.runtime.CUDARuntimeError as exc:
-        pytest.skip(f"no CUDA device: {exc}")
-    return cupy
-
-
 @pytest.mark.parametrize("name", list_cases())
-def test_reference_cases_on_gpu(cp, name):
+def test_reference_cases_on_gpu(cupy, name):
     case = load_case(name)
     model = getattr(yoso_np, case.cls_name).from_pretrained(case.path, dtype=np.dtype(case.dtype), device="cuda")
     inputs = case.model_inputs()
@@ -32,11 +21,11 @@ def test_reference_cases_on_gpu(cp, name):
     tol = tolerance(case)
     for key, expected in case.outputs.items():
         if key in out and not key.startswith("grad_"):
-            assert isinstance(out[key], cp.ndarray), key
-            assert_close(cp.asnumpy(out[key]), expected, f"{name}/{key}", **tol)
+            assert isinstance(out[key], cupy.ndarray), key
+            assert_close(cupy.asnumpy(out[key]), expected, f"{name}/{key}", **tol)
     for key, expected in case.grads.items():
-        assert isinstance(grads[key], cp.ndarray)
-        assert_close(cp.asnumpy(grads[key]), expected, f"{name}/grad {key}", **tol)
+        assert isinstance(grads[key], cupy.ndarray)
+        assert_close(cupy.asnumpy(grads[key]), expected, f"{name}/grad {key}", **tol)
 
 
 def sampling_model(**kw):
@@ -47,7 +36,7 @@ def sampling_model(**kw):
 
 
 @pytest.mark.parametrize("use_fast_hash", [True, False])
-def test_sampling_cpu_gpu_parity(cp, use_fast_hash):
+def test_sampling_cpu_gpu_parity(cupy, use_fast_hash):
     """Same seed, same hash matrices (drawn on the host): the same codes except where a projection is at
     rounding level, so nearly every token agrees to float32 accuracy."""
     model = sampling_model(use_fast_hash=use_fast_hash)
@@ -57,12 +46,12 @@ def test_sampling_cpu_gpu_parity(cp, use_fast_hash):
     mask[1, 200:] = 0
     cpu = model(ids, mask, rng=11, output_hidden_states=True).hidden_states[-1]
     model.to("cuda")
-    gpu = cp.asnumpy(model(ids, mask, rng=11, output_hidden_states=True).hidden_states[-1])
+    gpu = cupy.asnumpy(model(ids, mask, rng=11, output_hidden_states=True).hidden_states[-1])
     close = np.isclose(gpu, cpu, rtol=1e-4, atol=1e-4).all(axis=-1)
     assert close.mean() > 0.98, f"only {close.mean():.3f} of tokens agree"
 
 
-def test_sampling_training_step_on_gpu(cp):
+def test_sampling_training_step_on_gpu(cupy):
     model = sampling_model()
     ids = np.random.default_rng(1).integers(0, 50, (2, 100))
     cpu_out, cpu_grads = model.forward_backward(ids, labels=[0, 1], rng=3)
@@ -70,4 +59,4 @@ def test_sampling_training_step_on_gpu(cp):
     gpu_out, gpu_grads = model.forward_backward(ids, labels=[0, 1], rng=3)
     assert abs(float(gpu_out.loss) - float(cpu_out.loss)) < 1e-3
     for key, g in cpu_grads.items():
-        assert np.isfinite(cp.asnumpy(gpu_grads[key])).all()
+        assert np.isfinite(cupy.asnumpy(gpu_grads[key])).all()

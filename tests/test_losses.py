@@ -15,17 +15,6 @@ PRED = RNG.standard_normal((4, 3))
 MSE_TARGET = RNG.standard_normal((4, 3))
 
 
-def cupy_or_skip():
-    cupy = pytest.importorskip("cupy")
-    try:
-        devices = cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # cupy installed without a usable driver
-        devices = 0
-    if devices == 0:
-        pytest.skip("no CUDA device")
-    return cupy
-
-
 # name -> (forward, backward, logits or predictions, labels or targets, the torch.nn loss it mirrors)
 CASES = {
     "cross_entropy": (cross_entropy, cross_entropy_backward, LOGITS, LABELS, "CrossEntropyLoss"),
@@ -154,8 +143,7 @@ def test_bce_is_stable_for_huge_logits():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_cupy_matches_numpy(case):
-    cupy = cupy_or_skip()
+def test_cupy_matches_numpy(case, cupy):
     forward, backward, x, other, _ = CASES[case]
     x, other = x.astype(np.float32), cast(other, np.float32)
     loss, cache = forward(x, other)

@@ -134,17 +134,6 @@ def test_cumulation_source_emulated_matches_numpy(emulated, weighted, code_len, 
 
 
 # ---------------------------------------------------------------------------------------------- GPU
-@pytest.fixture
-def cupy():
-    cupy = pytest.importorskip("cupy", reason="the GPU kernels need CuPy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except cupy.cuda.runtime.CUDARuntimeError as exc:
-        pytest.skip(f"no CUDA device: {exc}")
-    return cupy
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch,n,dim,num_hash,code_len", [(2, 13, 8, 5, 3), (3, 1001, 64, 64, 9),
                                                            (1, 7, 128, 40, 7), (2, 33, 2048, 9, 24)])

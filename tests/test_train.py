@@ -461,19 +461,8 @@ def test_example_runs(tmp_path):
     assert os.path.isfile(tmp_path / "model" / "model.safetensors")
 
 
-def cuda_or_skip():
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except cupy.cuda.runtime.CUDARuntimeError as exc:
-        pytest.skip(f"no CUDA device: {exc}")
-    return cupy
-
-
 @pytest.mark.gpu
-def test_training_on_cuda_follows_cpu(tmp_path):
-    cupy = cuda_or_skip()
+def test_training_on_cuda_follows_cpu(tmp_path, cupy):
     data = contains_token_data(np.random.default_rng(0), 24)
     args = dict(epochs=1, batch_size=8, lr=0.05, weight_decay=0.01, save_steps=2, quiet=True)
     cpu = YosoForSequenceClassification(tiny_config(), seed=0)
