@@ -193,7 +193,7 @@ def test_cli_reads_the_hub_cache(model_dir, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["fill-mask", "{missing}", TEXT], "missing"),
     (["fill-mask", "{model}", "no mask here"], "no mask token '<mask>'"),
-    (["fill-mask", "{model}", TEXT, "--top-k", "0"], "argument --top-k: expected a positive integer"),
+    (["fill-mask", "{model}", TEXT, "--top-k", "0"], "argument --top-k: must be a positive integer"),
     (["fill-mask", "{model}", TEXT, "--device", "tpu"], "argument --device: invalid choice"),
     (["info", "org/absent", "--local-files-only"], "config.json not found for hub repo 'org/absent'"),
     (["finetune-nope"], "invalid choice"),

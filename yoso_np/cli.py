@@ -9,6 +9,7 @@ model, a text without mask, a bad option) print one line `yoso-np: error: ...` t
 """
 import argparse
 import json
+import math
 import sys
 
 PROG = "yoso-np"
@@ -46,14 +47,27 @@ def hub_kwargs(args):
                 token=args.token)
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def bounded(kind, low, strict=True):
+    """An argparse type: a finite int or float above ``low`` (or at least ``low`` when not strict)."""
+    noun = "integer" if kind is int else "number"
+    if strict and low == 0:
+        what = f"a positive {noun}"
+    else:
+        what = f"{'an' if kind is int else 'a'} {noun} {'>' if strict else '>='} {low}"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not (math.isfinite(value) and (value > low if strict else value >= low)):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = bounded(int, 0)
 
 
 # ------------------------------------------------------------------------------------------------ fill-mask

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import checkpoint
 from .backend import array_module, to_device, to_numpy
+from .cli import bounded
 from .data import DataError, Dataset, LabelSpec, extract_fields, is_table, mask_tokens, read_records
 
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -517,44 +518,8 @@ def prune_checkpoints(output_dir, limit):
 
 
 # -- the finetune command --------------------------------------------------------------------------------------
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _non_negative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
+_positive_int, _positive_float = bounded(int, 0), bounded(float, 0)
+_non_negative_int, _non_negative_float = bounded(int, 0, strict=False), bounded(float, 0, strict=False)
 
 
 def add_finetune_arguments(parser):
