@@ -51,7 +51,7 @@ def power_inplace(x, tau, scratch):
 
 
 def collision_probability(s, tau, scratch):
-    """In place: cosines s -> (1 - arccos(s)/pi)**tau, clamped so rounding never yields NaN.
+    """In place: cosines s -> (1 - arccos(s)/pi)**tau; cosines a rounding error outside [-1, 1] give no NaN.
     scratch: two arrays shaped like s."""
     xp = array_module(s)
     if s.dtype != np.float32:  # float64 (gradient checks, tight parity): exact arccos
@@ -93,16 +93,16 @@ def expectation_blocks(q, k, tau):
     xp = array_module(q)
     nq, nk = q.shape[0], k.shape[0]
     rows = max(1, min(nq, BLOCK_ELEMENTS // max(nk, 1)))
-    sub = max(1, min(rows, SLICE_ELEMENTS // max(nk, 1)))
+    slice_rows = max(1, min(rows, SLICE_ELEMENTS // max(nk, 1)))
     s_buf = xp.empty((rows, nk), dtype=q.dtype)
-    scratch = xp.empty((2, sub, nk), dtype=q.dtype)
+    scratch = xp.empty((2, slice_rows, nk), dtype=q.dtype)
     kt = k.T
     for start in range(0, nq, rows):
         stop = min(start + rows, nq)
         s = s_buf[:stop - start]
         xp.matmul(q[start:stop], kt, out=s)
-        for i in range(0, stop - start, sub):
-            j = min(i + sub, stop - start)
+        for i in range(0, stop - start, slice_rows):
+            j = min(i + slice_rows, stop - start)
             collision_probability(s[i:j], tau, (scratch[0, :j - i], scratch[1, :j - i]))
         yield start, stop, s
 
