@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .. import lsh
-from ..backend import array_module
+from ..backend import array_module, cpu_threads, parallel_map
 from .linear import linear, linear_backward
 from .params import sub
 
@@ -88,8 +88,7 @@ def collision_probability(s, tau, scratch):
 def expectation_blocks(q, k, tau):
     """Yield (start, stop, W block) over row blocks of W = collision_probability(q k^T); q, k: (n, d).
     Only one block of the n x n matrix exists at a time. The block is large enough for efficient matmuls;
-    its weights are computed in L2-sized slices. Heads and blocks run one after another: Python threads on
-    top of BLAS's own threads made a layer at n = 4096 7x slower on 2 cores, as the threads contend."""
+    its weights are computed in L2-sized slices."""
     xp = array_module(q)
     nq, nk = q.shape[0], k.shape[0]
     rows = max(1, min(nq, BLOCK_ELEMENTS // max(nk, 1)))
@@ -137,6 +136,19 @@ def depthwise_conv(v, weight):
     return out
 
 
+PARALLEL_MIN_ELEMENTS = 1 << 20  # a head's n x n weights worth a thread of its own (n >= 1024)
+
+
+def for_each_head(fn, q):
+    """fn((batch, head)) for every head of q (batch, heads, n, d), on CPU threads when n is large."""
+    heads = list(np.ndindex(q.shape[:2]))
+    if q.shape[2] ** 2 >= PARALLEL_MIN_ELEMENTS:
+        parallel_map(fn, heads, array_module(q))
+    else:
+        for ij in heads:
+            fn(ij)
+
+
 def split_heads(x, heads):
     b, n, hidden = x.shape
     return x.reshape(b, n, heads, hidden // heads).transpose(0, 2, 1, 3)  # (batch, heads, n, head_dim)
@@ -145,6 +157,15 @@ def split_heads(x, heads):
 def merge_heads(x):
     b, h, n, d = x.shape
     return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
+
+
+def by_rows(fn, rows, n, xp):
+    """fn(row slice) over contiguous chunks of the (batch * heads) rows of n tokens, on CPU threads when the
+    rows are long enough to pay for it; the results concatenated along axis 0."""
+    chunks = max(1, min(rows, 2 * cpu_threads())) if n >= 256 else 1
+    bounds = np.linspace(0, rows, chunks + 1).astype(int)
+    parts = parallel_map(fn, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])], xp)
+    return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
 
 
 def sampling_cumulation(q, k, v, mask, config, rng):
@@ -156,7 +177,9 @@ def sampling_cumulation(q, k, v, mask, config, rng):
     q_codes, k_codes = lsh.hash_codes(mask_rows, flat(q), mask_rows, flat(k), num_hash=config.num_hash,
                                       hash_code_len=config.hash_code_len, use_fast_hash=config.use_fast_hash,
                                       rng=rng)
-    out = lsh.lsh_cumulation(mask_rows, q_codes, mask_rows, k_codes, flat(v), 2 ** config.hash_code_len)
+    v = flat(v)
+    out = by_rows(lambda r: lsh.lsh_cumulation(mask_rows[r], q_codes[r], mask_rows[r], k_codes[r], v[r],
+                                               2 ** config.hash_code_len), b * h, n, xp)
     return out.reshape(b, h, n, -1), (mask_rows, q_codes, k_codes)
 
 
@@ -174,8 +197,11 @@ def attention(p, x, mask, config, *, training=False, rng=None):
     hashes = None
     if config.use_expectation:
         ctx = xp.empty_like(v)
-        for ij in np.ndindex(q.shape[:2]):  # (batch, head)
+
+        def one_head(ij):  # ij = (batch, head)
             ctx[ij] = expectation_cumulation(q[ij], k[ij], v[ij], config.hash_code_len)
+
+        for_each_head(one_head, q)
     else:
         if rng is None:
             raise ValueError("use_expectation=False samples hash functions and needs rng (an int seed or "
@@ -226,9 +252,13 @@ def sampling_cumulation_backward(g, q, k, v, hashes, config):
     flat = lambda t: xp.ascontiguousarray(t.reshape(b * h, n, t.shape[-1]))
     g, q, k, v = flat(g), flat(q), flat(k), flat(v)
     capacity, half_tau = 2 ** config.hash_code_len, config.hash_code_len / 2.0
-    dv = lsh.lsh_cumulation(mask_rows, k_codes, mask_rows, q_codes, g, capacity)
-    dq = lsh.lsh_weighted_cumulation(mask_rows, q_codes, g, mask_rows, k_codes, v, half_tau * k, capacity)
-    dk = lsh.lsh_weighted_cumulation(mask_rows, k_codes, v, mask_rows, q_codes, g, half_tau * q, capacity)
+    k_scaled, q_scaled = half_tau * k, half_tau * q
+    m = mask_rows
+    dv = by_rows(lambda r: lsh.lsh_cumulation(m[r], k_codes[r], m[r], q_codes[r], g[r], capacity), b * h, n, xp)
+    dq = by_rows(lambda r: lsh.lsh_weighted_cumulation(m[r], q_codes[r], g[r], m[r], k_codes[r], v[r], k_scaled[r],
+                                                       capacity), b * h, n, xp)
+    dk = by_rows(lambda r: lsh.lsh_weighted_cumulation(m[r], k_codes[r], v[r], m[r], q_codes[r], g[r], q_scaled[r],
+                                                       capacity), b * h, n, xp)
     unflat = lambda t: t.reshape(b, h, n, -1)
     return unflat(dq), unflat(dk), unflat(dv)
 
@@ -272,8 +302,10 @@ def attention_backward(dout, cache, config):
         dq, dk, dv_att = sampling_cumulation_backward(g, q, k, v, hashes, config)
     else:
         dq, dk, dv_att = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
-        for ij in np.ndindex(q.shape[:2]):  # (batch, head)
+        def one_head(ij):
             dq[ij], dk[ij], dv_att[ij] = expectation_cumulation_backward(g[ij], q[ij], k[ij], v[ij], tau)
+
+        for_each_head(one_head, q)
     dv += dv_att
     dv *= mask[:, None, :, None]
     dq = merge_heads(l2_normalize_backward(dq, q, q_norm))
