@@ -7,6 +7,18 @@ CONFIG_NAME = "config.json"
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
+def read_json_object(path):
+    """The JSON object in a file (config.json, tokenizer configs); ValueError naming the file otherwise."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 @dataclass
 class YosoConfig:
     vocab_size: int = 50265
@@ -125,14 +137,7 @@ class YosoConfig:
 
     @classmethod
     def from_json_file(cls, path, **overrides):
-        try:
-            with open(path, encoding="utf-8") as fh:
-                d = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
-        return cls.from_dict(d, **overrides)
+        return cls.from_dict(read_json_object(path), **overrides)
 
     def save_pretrained(self, directory):
         os.makedirs(directory, exist_ok=True)

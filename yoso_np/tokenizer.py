@@ -17,6 +17,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 
 from . import checkpoint
 from .backend import to_numpy
+from .config import read_json_object
 
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.json"
@@ -41,17 +42,6 @@ def _added_token(spec, lstrip=False):
                           rstrip=bool(spec.get("rstrip", False)), single_word=bool(spec.get("single_word", False)),
                           normalized=bool(spec.get("normalized", False)), special=True)
     raise ValueError(f"a special token must be a string or a dict with a 'content' string, got {spec!r}")
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def roberta_backend(vocab_path, merges_path, special_tokens, *, add_prefix_space=False, trim_offsets=True):
@@ -112,8 +102,8 @@ class Tokenizer:
             return checkpoint.resolve_file(source, name, required=False, **hub)
 
         config_path, map_path = find(TOKENIZER_CONFIG_FILE), find(SPECIAL_TOKENS_MAP_FILE)
-        config = _read_json(config_path) if config_path else {}
-        special_map = _read_json(map_path) if map_path else {}
+        config = read_json_object(config_path) if config_path else {}
+        special_map = read_json_object(map_path) if map_path else {}
         specs, named = {}, set()
         for name in SPECIAL_TOKEN_NAMES:
             # special_tokens_map.json wins over tokenizer_config.json, as in transformers
