@@ -6,7 +6,6 @@ import warnings
 import numpy as np
 import pytest
 
-import yoso_np
 from yoso_np import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification, YosoModel
 from tests.fixtures_io import load_case
 from tests.hubcache import make_hub_cache

@@ -14,7 +14,7 @@ from .config import CONFIG_NAME, YosoConfig
 from .layers import heads, losses
 from .layers.embeddings import embeddings, embeddings_backward
 from .layers.encoder import encoder, encoder_backward
-from .layers.params import sub
+from .layers.params import add_prefix, sub
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -282,8 +282,8 @@ class YosoPreTrainedModel:
         dh, grads, d_words = head_backward()
         dx, encoder_grads = encoder_backward(dh, layer_caches, self.config)
         d_embeds, embedding_grads = embeddings_backward(dx, emb_cache)
-        grads.update({self.base_prefix + "encoder." + k: v for k, v in encoder_grads.items()})
-        grads.update({self.base_prefix + "embeddings." + k: v for k, v in embedding_grads.items()})
+        grads.update(add_prefix(encoder_grads, self.base_prefix + "encoder."))
+        grads.update(add_prefix(embedding_grads, self.base_prefix + "embeddings."))
         if d_words is not None:  # the MLM decoder is tied to the word embeddings
             grads[self.base_prefix + "embeddings.word_embeddings.weight"] += d_words
         if d_embeds is not None:
@@ -347,7 +347,7 @@ class YosoForMaskedLM(YosoPreTrainedModel):
 
         def backward():
             dh, grads, d_words = heads.mlm_head_backward(loss_backward().reshape(logits.shape), cache)
-            return dh, {"cls.predictions." + k: v for k, v in grads.items()}, d_words  # tied decoder
+            return dh, add_prefix(grads, "cls.predictions."), d_words  # tied decoder
         return {"logits": logits}, loss, backward
 
 
@@ -381,7 +381,7 @@ class YosoForSequenceClassification(YosoPreTrainedModel):
 
         def backward():
             dh, grads = heads.classification_head_backward(loss_backward(), cache)
-            return dh, {"classifier." + k: v for k, v in grads.items()}, None
+            return dh, add_prefix(grads, "classifier."), None
         return {"logits": logits}, loss, backward
 
 
@@ -473,7 +473,7 @@ class YosoForTokenClassification(YosoPreTrainedModel):
 
         def backward():
             dh, grads = heads.token_classification_head_backward(loss_backward().reshape(logits.shape), cache)
-            return dh, {"classifier." + k: v for k, v in grads.items()}, None
+            return dh, add_prefix(grads, "classifier."), None
         return {"logits": logits}, loss, backward
 
 
@@ -520,5 +520,5 @@ class YosoForQuestionAnswering(YosoPreTrainedModel):
 
         def backward():
             dh, grads = heads.qa_head_backward(backward_start(), backward_end(), cache)
-            return dh, {"qa_outputs." + k: v for k, v in grads.items()}, None
+            return dh, add_prefix(grads, "qa_outputs."), None
         return {"start_logits": start, "end_logits": end}, loss, backward

@@ -16,7 +16,7 @@ import numpy as np
 from .. import lsh
 from ..backend import array_module, cpu_threads, parallel_map
 from .linear import linear, linear_backward
-from .params import sub
+from .params import add_prefix, sub
 
 # acos(a) ~= sqrt(1 - a) * P(a) on [0, 1] (the form of Abramowitz & Stegun 4.4.45, refitted to degree 6):
 # |error| / pi < 3e-8, below float32 resolution. float32 np.arccos is scalar code (~6 ns an element) and was
@@ -314,5 +314,5 @@ def attention_backward(dout, cache, config):
     for name, d, lin in (("query.", dq, q_lin), ("key.", dk, k_lin), ("value.", merge_heads(dv), v_lin)):
         dxi, gi = linear_backward(d, lin)
         dx = dx + dxi
-        grads.update({name + key: val for key, val in gi.items()})
+        grads.update(add_prefix(gi, name))
     return dx, grads

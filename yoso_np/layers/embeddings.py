@@ -6,7 +6,7 @@ leaves rows 0 and 1 unused by default.
 from ..backend import array_module, scatter_add_rows
 from .dropout import dropout, dropout_backward
 from .norm import layer_norm, layer_norm_backward
-from .params import sub
+from .params import add_prefix, sub
 
 POSITION_OFFSET = 2
 
@@ -57,7 +57,7 @@ def embeddings_backward(dy, cache):
     """Returns (d inputs_embeds or None, grads keyed like the "embeddings." sub-dict)."""
     input_ids, token_type_ids, position_ids, from_embeds, padding_idx, p, ln_cache, drop_cache = cache
     dx, grads = layer_norm_backward(dropout_backward(dy, drop_cache), ln_cache)
-    grads = {"LayerNorm." + k: v for k, v in grads.items()}
+    grads = add_prefix(grads, "LayerNorm.")
     h = dx.shape[-1]
     flat = dx.reshape(-1, h)
     pos = p["position_embeddings.weight"]

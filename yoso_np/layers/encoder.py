@@ -6,7 +6,7 @@ from .attention import attention, attention_backward
 from .dropout import dropout, dropout_backward
 from .linear import linear, linear_backward
 from .norm import layer_norm, layer_norm_backward
-from .params import sub
+from .params import add_prefix, sub
 
 
 def encoder_layer(p, x, mask, config, *, training=False, rng=None):
@@ -49,7 +49,7 @@ def encoder_layer_backward(dy, cache, config):
     grads = {}
 
     def collect(prefix, g):
-        grads.update({prefix + k: v for k, v in g.items()})
+        grads.update(add_prefix(g, prefix))
 
     do, g = layer_norm_backward(dy, ffn_ln)
     collect("output.LayerNorm.", g)
@@ -73,5 +73,5 @@ def encoder_backward(dy, caches, config):
     grads = {}
     for i in reversed(range(len(caches))):
         dy, g = encoder_layer_backward(dy, caches[i], config)
-        grads.update({f"layer.{i}.{k}": v for k, v in g.items()})
+        grads.update(add_prefix(g, f"layer.{i}."))
     return dy, grads

@@ -4,7 +4,7 @@ from .activations import activation, activation_backward
 from .dropout import dropout, dropout_backward
 from .linear import linear, linear_backward
 from .norm import layer_norm, layer_norm_backward
-from .params import sub
+from .params import add_prefix, sub
 
 
 def mlm_head(p, h, word_embeddings, config):
@@ -50,18 +50,14 @@ def qa_head(p, h):
     return (logits[..., 0], logits[..., 1]), qa
 
 
-def _prefixed(prefix, grads):
-    return {prefix + k: v for k, v in grads.items()}
-
-
 def mlm_head_backward(dlogits, cache):
     """Returns (dh, grads keyed like "cls.predictions.", d word_embeddings from the tied decoder)."""
     dense, act, ln, decoder = cache
     dt, g_dec = linear_backward(dlogits, decoder)
     dt, g_ln = layer_norm_backward(dt, ln)
     dh, g_dense = linear_backward(activation_backward(dt, act), dense)
-    grads = {"bias": g_dec["bias"], **_prefixed("transform.LayerNorm.", g_ln),
-             **_prefixed("transform.dense.", g_dense)}
+    grads = {"bias": g_dec["bias"], **add_prefix(g_ln, "transform.LayerNorm."),
+             **add_prefix(g_dense, "transform.dense.")}
     return dh, grads, g_dec["weight"]
 
 
@@ -70,7 +66,7 @@ def classification_head_backward(dlogits, cache):
     dx, g_out = linear_backward(dlogits, out_proj)
     dx, g_dense = linear_backward(activation_backward(dropout_backward(dx, drop2), act), dense)
     return first_token_backward(dropout_backward(dx, drop1), shape), {
-        **_prefixed("dense.", g_dense), **_prefixed("out_proj.", g_out)}
+        **add_prefix(g_dense, "dense."), **add_prefix(g_out, "out_proj.")}
 
 
 def first_token_backward(dx, shape):
@@ -84,7 +80,7 @@ def multiple_choice_head_backward(dlogits, cache):
     shape, pre, act, cls = cache
     dx, g_cls = linear_backward(dlogits, cls)
     dx, g_pre = linear_backward(activation_backward(dx, act), pre)
-    return first_token_backward(dx, shape), {**_prefixed("pre_classifier.", g_pre), **_prefixed("classifier.", g_cls)}
+    return first_token_backward(dx, shape), {**add_prefix(g_pre, "pre_classifier."), **add_prefix(g_cls, "classifier.")}
 
 
 def token_classification_head_backward(dlogits, cache):
