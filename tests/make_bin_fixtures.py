@@ -73,6 +73,27 @@ def main():
         json.dump({"metadata": {"total_size": sum(v.nbytes for v in expected.values())}, "weight_map": weight_map},
                   f, indent=2)
     np.savez(os.path.join(HERE, "sharded.npz"), **expected)
+    legacy_checkpoint()
+
+
+def legacy_checkpoint():
+    """tests/fixtures/legacy/: the reference case mlm_basic as an older hub repository ships it: config.json and
+    only pytorch_model.bin, holding the tied decoder weight and bias and the position_ids buffer as old
+    transformers versions saved them."""
+    import shutil
+
+    import transformers
+
+    source = os.path.join(os.path.dirname(HERE), "ref", "mlm_basic")
+    target = os.path.join(os.path.dirname(HERE), "legacy")
+    os.makedirs(target, exist_ok=True)
+    model = transformers.YosoForMaskedLM.from_pretrained(source)
+    state = dict(model.state_dict())
+    state["cls.predictions.decoder.weight"] = model.cls.predictions.decoder.weight
+    state["cls.predictions.decoder.bias"] = model.cls.predictions.bias
+    state["yoso.embeddings.position_ids"] = torch.arange(model.config.max_position_embeddings).expand(1, -1) + 2
+    torch.save(state, os.path.join(target, "pytorch_model.bin"))
+    shutil.copy(os.path.join(source, "config.json"), target)
 
 
 if __name__ == "__main__":

@@ -184,3 +184,16 @@ def test_forward_backward_needs_a_target():
         YosoForSequenceClassification(tiny()).forward_backward(IDS, MASK)
     with pytest.raises(ValueError, match="grad_last_hidden_state"):
         YosoModel(tiny()).forward_backward(IDS, MASK)
+
+
+def test_legacy_pytorch_model_bin_repo_through_the_hub_cache(tmp_path):
+    """An older hub repository (as uw-madison/yoso-4096 may be): config.json and only pytorch_model.bin, with the
+    tied decoder and the position_ids buffer inside. Read without torch, it gives the reference outputs."""
+    legacy = os.path.join(os.path.dirname(__file__), "fixtures", "legacy")
+    make_hub_cache(tmp_path, "uw-madison/yoso-4096", {f: os.path.join(legacy, f) for f in os.listdir(legacy)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the buffer and the tied decoder are expected, not "unused"
+        model = YosoForMaskedLM.from_pretrained("uw-madison/yoso-4096", cache_dir=str(tmp_path),
+                                                local_files_only=True)
+    case = load_case("mlm_basic")
+    np.testing.assert_allclose(model(**case.model_inputs()).logits, case.outputs["logits"], rtol=1e-4, atol=1e-4)
