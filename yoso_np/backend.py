@@ -81,8 +81,14 @@ def parallel_map(fn, items, xp):
 
     if _POOL is None:
         _POOL = ThreadPoolExecutor(cpu_threads(), thread_name_prefix="yoso_np")
+    caller_errstate = np.geterr()  # np.errstate is per thread: the workers follow the caller's
+
+    def call(item):
+        with np.errstate(**caller_errstate):
+            return fn(item)
+
     with threadpool_limits(1, user_api="blas"):
-        return list(_POOL.map(fn, items))
+        return list(_POOL.map(call, items))
 
 
 def scatter_add_rows(num_rows, index, values):

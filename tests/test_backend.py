@@ -1,0 +1,31 @@
+"""backend helpers: parallel_map keeps order and the caller's floating-point error state in its threads."""
+import warnings
+
+import numpy as np
+import pytest
+
+from yoso_np.backend import parallel_map, scatter_add_rows
+
+
+def overflow(i):
+    return np.float32(1e38) * np.float32(10 + i)
+
+
+def test_parallel_map_keeps_order_and_the_callers_errstate():
+    assert parallel_map(lambda i: i * i, range(7), np) == [i * i for i in range(7)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(over="ignore"):
+            assert all(np.isinf(parallel_map(overflow, range(4), np)))
+        with pytest.raises(RuntimeWarning):
+            parallel_map(overflow, range(4), np)
+
+
+def test_scatter_add_rows_matches_add_at():
+    rng = np.random.default_rng(0)
+    for rows, k in ((50, 200), (5, 3), (2, 100), (1000, 1)):
+        index = rng.integers(0, rows, k)
+        values = rng.standard_normal((k, 3))
+        expected = np.zeros((rows, 3))
+        np.add.at(expected, index, values)
+        np.testing.assert_allclose(scatter_add_rows(rows, index, values), expected)
