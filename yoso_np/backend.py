@@ -65,19 +65,18 @@ def cpu_threads():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def parallel_map(fn, items, xp):
-    """[fn(i) for i in items]. On NumPy: on one Python thread per CPU core, each with a single-threaded BLAS
-    (threadpoolctl), since NumPy and BLAS release the GIL. Python threads on top of BLAS's own threads were 7x
-    slower here (they contend); split this way, 12 heads of YOSO-E at n = 4096 took 0.74 s instead of 1.2 s on
-    2 cores. On CuPy: a plain loop (the GPU runs each call in parallel already)."""
+def parallel_map(fn, items, xp, calls_blas=True):
+    """[fn(i) for i in items]. On NumPy: on one Python thread per CPU core, since NumPy and BLAS release the GIL.
+    With calls_blas, each thread gets a single-threaded BLAS (threadpoolctl, about 1 ms to set and reset): Python
+    threads on top of BLAS's own threads were 7x slower here (they contend); split this way, 12 heads of YOSO-E at
+    n = 4096 took 0.74 s instead of 1.2 s on 2 cores. On CuPy: a plain loop (the GPU runs each call in parallel
+    already)."""
     global _POOL
     items = list(items)
     workers = min(len(items), cpu_threads())
     if xp is not np or workers < 2:
         return [fn(i) for i in items]
     from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
 
     if _POOL is None:
         _POOL = ThreadPoolExecutor(cpu_threads(), thread_name_prefix="yoso_np")
@@ -86,6 +85,10 @@ def parallel_map(fn, items, xp):
     def call(item):
         with np.errstate(**caller_errstate):
             return fn(item)
+
+    if not calls_blas:
+        return list(_POOL.map(call, items))
+    from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, user_api="blas"):
         return list(_POOL.map(call, items))

@@ -11,13 +11,14 @@ The erf-based GELU needs erf, which NumPy lacks. ``erfc`` on |x| is computed per
 Measured against math.erf on 1.2M points of [-6, 6] plus tiny |x|: float32 max abs error 1.8e-7, max relative
 3.1e-7; float64 1.5e-15 relative. Working from erfc of |x| keeps the tail of the normal cdf accurate (no
 1 + erf(-big) cancellation) and makes erf exactly +-1 far out, so gelu(-1e4) is exactly 0. The derivatives use
-the same erfc, so they are consistent with the forward to rounding.
+the same erfc. The one exception is the float32 GELU forward, the hot path of every YOSO checkpoint: it uses an
+exp-free form accurate to 4.3e-7 absolute (see _gelu_float32_into), 2.6x faster.
 """
 import math
 
 import numpy as np
 
-from ..backend import array_module, is_cupy_array
+from ..backend import array_module, cpu_threads, is_cupy_array, parallel_map
 
 SQRT_HALF = math.sqrt(0.5)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -150,9 +151,44 @@ def _softplus_grad(x):
 
 # ---- erf GELU and the names built on it -------------------------------------------------------------------------
 
+# float32 GELU without exp: P(Z > a) ~= 0.5 (1 + c1 a + ... + c7 a^7)^-16 for a >= 0, the form of Abramowitz &
+# Stegun 7.1.28 with our own coefficients (Lawson's weighted minimax fit of the absolute error, 4.3e-8 for all
+# a >= 0; all positive, so no root and no NaN). The 0.5 is folded in as 2**(1/16). It takes 23 NumPy passes
+# where exp(-a^2/2) times a rational erfcx took ~35 (float32 np.exp is scalar code here, ~10 passes' time).
+_GELU_TAIL_POLY = (1.0442737824274138, 0.05207585929127293, 0.022070571597057585, 0.0034417081946954606,
+                   1.4974180303625985e-05, 6.669975187002615e-05, 9.304312676136549e-07, 5.30466569073586e-07)
+
+
+def _gelu_float32_into(x, out, scratch):
+    """out <- x Phi(x) = max(x, 0) - |x| P(Z > |x|) for float32 x; scratch: an array like x.
+
+    Measured against float64 over [-12, 12] and N(0, 4) samples: |error| < 4.3e-7 (torch's own float32 gelu, via
+    1 + erf, loses the left tail's relative precision to cancellation the same way). The 16th power amplifies
+    the rounding of the polynomial, so near 0 the relative error is ~2e-6. Far out p**16 overflows to inf and
+    the tail is exactly 0."""
+    xp = array_module(x)
+    a, c = scratch, _GELU_TAIL_POLY
+    xp.abs(x, out=a)
+    xp.multiply(a, c[-1], out=out)
+    for coef in c[-2:0:-1]:
+        out += coef
+        out *= a
+    out += c[0]
+    with np.errstate(over="ignore"):
+        for _ in range(4):
+            xp.multiply(out, out, out=out)
+    xp.reciprocal(out, out=out)  # P(Z > |x|)
+    out *= a
+    xp.maximum(x, 0.0, out=a)
+    xp.subtract(a, out, out=out)
+    return out
+
+
 def _gelu(x):
     # x Phi(x) = max(x, 0) - |x| P(Z > |x|): exact tails on both sides
     xp = array_module(x)
+    if x.dtype == np.float32:
+        return _gelu_float32_into(x, xp.empty_like(x), xp.empty_like(x))
     abs_x = xp.abs(x)
     tail = abs_x * SQRT_HALF
     tail = erfc_nonneg(tail)
@@ -414,9 +450,16 @@ ACTIVATIONS = {
 
 # A few float32 temporaries of this many elements stay in a core's L2 cache; NumPy walks big arrays in such blocks
 # (4x faster for gelu). 64 KiB temporaries also stay below glibc's mmap threshold (128 KiB): with 1 << 15 each
-# temporary was a fresh mmap, and the erf GELU of a (4096, 3072) array took 233 ms instead of 120 ms. This only schedules the work: the math above is the same for both backends, and CuPy
-# gets whole arrays, one kernel per operation.
+# temporary was a fresh mmap, and the erf GELU of a (4096, 3072) array took 233 ms instead of 120 ms. This only
+# schedules the work: the math above is the same for both backends, and CuPy gets whole arrays, one kernel per
+# operation.
 _BLOCK_ELEMENTS = 1 << 14
+# Activations written in place (fn(x, out, scratch)) allocate nothing, so their blocks can be 4x bigger: 256 KiB
+# arrays, still L2-resident, and few enough ufunc calls that threads on all cores gain (each call holds the GIL
+# ~1 us; 16K blocks on 2 threads were slower than one). gelu of (4096, 3072): 93 ms allocating, 53 ms in place,
+# 36 ms on 2 threads.
+_INPLACE_BLOCK_ELEMENTS = 1 << 16
+_INPLACE_FLOAT32 = {"gelu": _gelu_float32_into}
 
 
 def _elementwise(fn, *arrays):
@@ -430,6 +473,24 @@ def _elementwise(fn, *arrays):
         block = slice(start, start + _BLOCK_ELEMENTS)
         out[block] = fn(*(a[block] for a in flat))
     return out.reshape(first.shape)
+
+
+def _elementwise_inplace(fn_into, x):
+    """fn_into(x, out, scratch) over a NumPy array in L2-sized blocks, the blocks shared out to all cores."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty_like(flat)
+    block = _INPLACE_BLOCK_ELEMENTS
+    starts = range(0, flat.size, block)
+    workers = max(1, min(cpu_threads(), len(starts)))
+
+    def run(worker):
+        scratch = np.empty(min(block, flat.size), dtype=flat.dtype)
+        for start in starts[worker::workers]:
+            stop = min(start + block, flat.size)
+            fn_into(flat[start:stop], out[start:stop], scratch[:stop - start])
+
+    parallel_map(run, range(workers), np, calls_blas=False)
+    return out.reshape(x.shape)
 
 
 def _check_input(x, argument):
@@ -450,6 +511,8 @@ def activation(name, x):
         raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
     _check_input(x, "x")
     forward, _ = ACTIVATIONS[name]
+    if name in _INPLACE_FLOAT32 and x.dtype == np.float32 and isinstance(x, np.ndarray):
+        return _elementwise_inplace(_INPLACE_FLOAT32[name], x), (name, x)
     y = _elementwise(forward, _working_precision(x))
     return y.astype(x.dtype, copy=False), (name, x)
 
