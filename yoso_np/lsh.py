@@ -200,6 +200,13 @@ def _sign_codes(x, projections, keep, num_hash, hash_code_len, rows_per_chunk=10
     return codes
 
 
+def _check_dmat(dmat, batch, dim, num_hash, hash_code_len):
+    _check_float("dmat", dmat, 4)
+    _check_shape("dmat", dmat, (batch, 3, num_fast_hash_parts(num_hash, hash_code_len, dim), dim))
+    if dmat.size and not bool((_backend(dmat=dmat).abs(dmat) == 1).all()):
+        raise ValueError("dmat must hold only +1 and -1 (random signs)")
+
+
 def fast_hash(mask, x, dmat, num_hash, hash_code_len):
     """Hash codes from randomised Hadamard transforms (see module docstring); x's last dim a power of two."""
     xp = _backend(mask=mask, x=x, dmat=dmat)
@@ -207,10 +214,7 @@ def fast_hash(mask, x, dmat, num_hash, hash_code_len):
     batch, n, dim = x.shape
     num_hash, hash_code_len = _check_hash_params(num_hash, hash_code_len)
     _check_fast_hash_dim(dim, hash_code_len)
-    _check_float("dmat", dmat, 4)
-    _check_shape("dmat", dmat, (batch, 3, num_fast_hash_parts(num_hash, hash_code_len, dim), dim))
-    if dmat.size and not bool((xp.abs(dmat) == 1).all()):
-        raise ValueError("dmat must hold only +1 and -1 (random signs)")
+    _check_dmat(dmat, batch, dim, num_hash, hash_code_len)
     keep = _check_mask("mask", mask, batch, n)
     if xp is not np:
         from .raw_kernels import fast_hash as kernels
@@ -231,31 +235,56 @@ def gaussian_hash(mask, x, rmat, num_hash, hash_code_len):
     return _sign_codes(x, rmat, keep, num_hash, hash_code_len)
 
 
-def hash_codes(query_mask, query, key_mask, key, *, num_hash, hash_code_len, use_fast_hash, rng):
-    """(query_codes, key_codes) from ONE draw of hash matrices shared by queries and keys.
+def hash_dim(dim, hash_code_len, use_fast_hash):
+    """The width the hash matrices of a head dim are drawn for: fast hashing zero-pads the head dim to the next
+    power of two >= max(dim, hash_code_len), which leaves every projection unchanged in meaning."""
+    return 1 << (max(dim, hash_code_len) - 1).bit_length() if use_fast_hash else dim
 
-    For fast hashing the last dim is zero-padded to the next power of two >= max(d, hash_code_len), which leaves
-    every projection unchanged in meaning, so any head dim works.
-    """
+
+def _check_pair(query_mask, query, key_mask, key):
     xp = _backend(query_mask=query_mask, query=query, key_mask=key_mask, key=key)
     _check_float("query", query, 3)
     _check_float("key", key, 3)
     if key.shape[0] != query.shape[0] or key.shape[2] != query.shape[2]:
         raise ValueError(f"key must match query in batch and last dim: query {tuple(query.shape)}, "
                          f"key {tuple(key.shape)}")
+    return xp
+
+
+def hash_codes(query_mask, query, key_mask, key, *, num_hash, hash_code_len, use_fast_hash, rng):
+    """(query_codes, key_codes) from ONE draw of hash matrices shared by queries and keys; any head dim works."""
+    xp = _check_pair(query_mask, query, key_mask, key)
+    num_hash, hash_code_len = _check_hash_params(num_hash, hash_code_len)
+    batch, _, dim = query.shape
+    matrices = draw_hash_matrices(rng, batch, hash_dim(dim, hash_code_len, use_fast_hash), num_hash, hash_code_len,
+                                  use_fast_hash, xp)
+    return hash_with(query_mask, query, key_mask, key, matrices, num_hash=num_hash, hash_code_len=hash_code_len,
+                     use_fast_hash=use_fast_hash)
+
+
+def hash_with(query_mask, query, key_mask, key, matrices, *, num_hash, hash_code_len, use_fast_hash):
+    """(query_codes, key_codes) under given hash matrices (draw_hash_matrices for hash_dim(d, ...)), one per batch
+    row, shared by queries and keys. On NumPy the fast-hash projection is composed once for both, and its rows for
+    the zero padding are dropped instead of padding x."""
+    xp = _check_pair(query_mask, query, key_mask, key)
     num_hash, hash_code_len = _check_hash_params(num_hash, hash_code_len)
     batch, _, dim = query.shape
     if not use_fast_hash:
-        rmat = draw_hash_matrices(rng, batch, dim, num_hash, hash_code_len, False, xp)
-        return (gaussian_hash(query_mask, query, rmat, num_hash, hash_code_len),
-                gaussian_hash(key_mask, key, rmat, num_hash, hash_code_len))
-    padded = 1 << (max(dim, hash_code_len) - 1).bit_length()
-    if padded != dim:
-        pad = ((0, 0), (0, 0), (0, padded - dim))
-        query, key = xp.pad(query, pad), xp.pad(key, pad)
-    dmat = draw_hash_matrices(rng, batch, padded, num_hash, hash_code_len, True, xp)
-    return (fast_hash(query_mask, query, dmat, num_hash, hash_code_len),
-            fast_hash(key_mask, key, dmat, num_hash, hash_code_len))
+        return (gaussian_hash(query_mask, query, matrices, num_hash, hash_code_len),
+                gaussian_hash(key_mask, key, matrices, num_hash, hash_code_len))
+    padded = hash_dim(dim, hash_code_len, True)
+    if xp is not np:
+        if padded != dim:
+            pad = ((0, 0), (0, 0), (0, padded - dim))
+            query, key = xp.pad(query, pad), xp.pad(key, pad)
+        return (fast_hash(query_mask, query, matrices, num_hash, hash_code_len),
+                fast_hash(key_mask, key, matrices, num_hash, hash_code_len))
+    _check_dmat(matrices, batch, padded, num_hash, hash_code_len)
+    projections = [r[:dim] for r in _fast_hash_projections(matrices, num_hash, hash_code_len)]
+    return (_sign_codes(query, projections, _check_mask("query_mask", query_mask, batch, query.shape[1]), num_hash,
+                        hash_code_len),
+            _sign_codes(key, projections, _check_mask("key_mask", key_mask, batch, key.shape[1]), num_hash,
+                        hash_code_len))
 
 
 # ---------------------------------------------------------------------------------------------- cumulation
@@ -411,6 +440,7 @@ def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, 
         return out.astype(value.dtype, copy=False)
     batch, n_q, num_hash = query_hash_code.shape
     n_k, d_v = value.shape[1:]
+    value = np.ascontiguousarray(value)  # its rows are gathered once per block of hashes
     out = np.zeros((batch, n_q, d_v), dtype=value.dtype)
     for rows, hashes in _cache_sized_blocks(batch, num_hash, min(n_k, capacity) * d_v):
         buckets = _KeyBuckets(key_hash_code[rows, :, hashes], key_keep[rows], capacity)

@@ -161,25 +161,36 @@ def merge_heads(x):
 
 def by_rows(fn, rows, n, xp):
     """fn(row slice) over contiguous chunks of the (batch * heads) rows of n tokens, on CPU threads when the
-    rows are long enough to pay for it; the results concatenated along axis 0."""
+    rows are long enough to pay for it; the results (an array or a tuple of arrays) concatenated along axis 0."""
     chunks = max(1, min(rows, 2 * cpu_threads())) if n >= 256 else 1
     bounds = np.linspace(0, rows, chunks + 1).astype(int)
     parts = parallel_map(fn, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])], xp)
-    return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], tuple):
+        return tuple(xp.concatenate(arrays, axis=0) for arrays in zip(*parts))
+    return xp.concatenate(parts, axis=0)
 
 
 def sampling_cumulation(q, k, v, mask, config, rng):
-    """LSH estimate of W v for all heads at once; q, k, v: (batch, heads, n, d); mask (batch, n)."""
+    """LSH estimate of W v for all heads at once; q, k, v: (batch, heads, n, d); mask (batch, n).
+    The hash matrices are drawn here, in order, so a seed gives the same draw however the rows are split; each
+    chunk of rows is then hashed and cumulated on its own thread."""
     xp = array_module(q)
     b, h, n, d = q.shape
-    flat = lambda t: xp.ascontiguousarray(t.reshape(b * h, n, t.shape[-1]))
+    rows = lambda t: t.reshape(b * h, n, t.shape[-1])  # a view for batch 1; the kernels make their own copies
+    q, k, v = rows(q), rows(k), rows(v)
     mask_rows = xp.ascontiguousarray(xp.repeat(mask.astype(np.int32), h, axis=0))  # (batch*heads, n)
-    q_codes, k_codes = lsh.hash_codes(mask_rows, flat(q), mask_rows, flat(k), num_hash=config.num_hash,
-                                      hash_code_len=config.hash_code_len, use_fast_hash=config.use_fast_hash,
-                                      rng=rng)
-    v = flat(v)
-    out = by_rows(lambda r: lsh.lsh_cumulation(mask_rows[r], q_codes[r], mask_rows[r], k_codes[r], v[r],
-                                               2 ** config.hash_code_len), b * h, n, xp)
+    tau, m = config.hash_code_len, config.num_hash
+    matrices = lsh.draw_hash_matrices(rng, b * h, lsh.hash_dim(d, tau, config.use_fast_hash), m, tau,
+                                      config.use_fast_hash, xp)
+
+    def hash_and_cumulate(r):
+        q_codes, k_codes = lsh.hash_with(mask_rows[r], q[r], mask_rows[r], k[r], matrices[r], num_hash=m,
+                                         hash_code_len=tau, use_fast_hash=config.use_fast_hash)
+        return lsh.lsh_cumulation(mask_rows[r], q_codes, mask_rows[r], k_codes, v[r], 2 ** tau), q_codes, k_codes
+
+    out, q_codes, k_codes = by_rows(hash_and_cumulate, b * h, n, xp)
     return out.reshape(b, h, n, -1), (mask_rows, q_codes, k_codes)
 
 
