@@ -95,6 +95,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="512,1024,4096", help="sequence lengths, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards after the warm-up (median)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every case this many times, interleaved, against a drifting machine")
     parser.add_argument("--impl", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
     parser.add_argument("--layers", type=int, default=12, help="encoder layers (shrink for smoke tests)")
     parser.add_argument("--export-onnx", action="store_true", help=argparse.SUPPRESS)
@@ -114,9 +116,9 @@ def main():
     cases = [dict(impl=impl, n=n, size=str(n), layers=args.layers, repeats=args.repeats, onnx=str(path))
              for n in lengths for impl in impls]
     print(f"## YosoModel forward on CPU: batch 1, hidden 768, 12 heads, {args.layers} layers, FFN 3072, "
-          f"median of {args.repeats} after 1 warm-up\n")
+          f"median of {args.repeats} after 1 warm-up, x {args.rounds} interleaved rounds\n")
     with tempfile.TemporaryDirectory(prefix="yoso_np_bench_") as out_dir:
-        common.run_all(__file__, cases, out_dir, "n", "max abs diff vs torch")
+        common.run_all(__file__, cases, out_dir, "n", "max abs diff vs torch", args.rounds)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="2x512,1x2048", help="comma-separated batch x n")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after the warm-up (median)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every case this many times, interleaved, against a drifting machine")
     parser.add_argument("--impl", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
     parser.add_argument("--layers", type=int, default=2, help="encoder layers")
     args = parser.parse_args()
@@ -66,9 +68,10 @@ def main():
     cases = [dict(impl=impl, batch=b, n=n, size=f"{b}x{n}", layers=args.layers, repeats=args.repeats)
              for b, n in shapes for impl in impls]
     print(f"## YosoForSequenceClassification training step on CPU: hidden 768, 12 heads, {args.layers} layers, "
-          f"FFN 3072, eval mode, median of {args.repeats} after 1 warm-up\n")
+          f"FFN 3072, eval mode, median of {args.repeats} after 1 warm-up, x {args.rounds} interleaved rounds\n")
     with tempfile.TemporaryDirectory(prefix="yoso_np_bench_") as out_dir:
-        common.run_all(__file__, cases, out_dir, "batch x n", "max abs diff vs torch (loss, logits, grads)")
+        common.run_all(__file__, cases, out_dir, "batch x n", "max abs diff vs torch (loss, logits, grads)",
+                       args.rounds)
 
 
 if __name__ == "__main__":

@@ -169,15 +169,37 @@ def markdown_table(rows, size_header, diff_header):
                    f"{ratio(r, 'extra_mib')} | {r['process_peak_mib']:.0f} | {diff} |")
         if not r["hwm_reset"]:
             notes.append(f"- {r['impl']} at {r['size']}: could not reset VmHWM, so the peak may be the loading's")
+    by_impl = {(r["impl"], r["size"]): r for r in rows if "error" not in r}
+    for (impl, size), r in by_impl.items():
+        if impl == "yoso_np_sampling" and ("yoso_np", size) in by_impl:
+            notes.append(f"- {size_header} {size}: yoso_np_sampling takes {r['time'] / by_impl['yoso_np', size]['time']:.2f}"
+                         f" of yoso_np's (expectation) time")
     return "\n".join(out + ([""] + notes if notes else []))
 
 
-def run_all(script, cases, out_dir, size_header, diff_header):
-    """Run every case, compare each output with torch's at the same size, print the machine and the table."""
+def run_all(script, cases, out_dir, size_header, diff_header, rounds=1):
+    """Run every case `rounds` times, interleaved (case 1, 2, ..., then again), so that a machine whose speed
+    drifts over minutes slows every implementation alike; a case's time is the median of all its timed runs and
+    its memory the largest peak. Compare each output with torch's at the same size; print the machine and the
+    table."""
     rows = []
     for case in cases:
         case["out"] = str(Path(out_dir) / f"{case['impl']}_{case['size']}.npz")
-        rows.append({**case, **run_worker(script, case)})
+    for round_ in range(rounds):
+        for i, case in enumerate(cases):
+            if rounds > 1:
+                progress(f"round {round_ + 1}/{rounds}")
+            result = run_worker(script, case)
+            if round_ == 0:
+                rows.append({**case, **result})
+            elif "error" not in rows[i] and "error" not in result:
+                rows[i]["times"] += result["times"]
+                rows[i]["extra_mib"] = max(rows[i]["extra_mib"], result["extra_mib"])
+                rows[i]["process_peak_mib"] = max(rows[i]["process_peak_mib"], result["process_peak_mib"])
+                rows[i]["hwm_reset"] = rows[i]["hwm_reset"] and result["hwm_reset"]
+    for r in rows:
+        if "error" not in r:
+            r["time"] = statistics.median(r["times"])
     refs = {r["size"]: r["out"] for r in rows if r["impl"] == "torch" and "error" not in r}
     for r in rows:
         if "error" not in r and r["size"] in refs and r["impl"] != "torch":

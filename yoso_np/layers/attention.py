@@ -118,7 +118,7 @@ def expectation_cumulation(q, k, v, tau):
 def l2_normalize(x, eps=1e-12):
     """x / max(||x||, eps) over the last axis (torch.nn.functional.normalize); returns (y, norm)."""
     xp = array_module(x)
-    norm = xp.sqrt((x * x).sum(axis=-1, keepdims=True))
+    norm = xp.sqrt(xp.einsum("...i,...i->...", x, x)[..., None])
     return x / xp.maximum(norm, eps), norm
 
 
