@@ -29,3 +29,19 @@ def test_scatter_add_rows_matches_add_at():
         expected = np.zeros((rows, 3))
         np.add.at(expected, index, values)
         np.testing.assert_allclose(scatter_add_rows(rows, index, values), expected)
+
+
+def test_parallel_map_called_from_its_own_workers_runs_in_place():
+    """Nested calls (e.g. a threaded activation inside a threaded head loop) must not wait on a busy pool; a
+    regression would hang, so the call runs on a daemon thread with a deadline."""
+    import threading
+
+    result = []
+
+    def outer(i):
+        return sum(parallel_map(lambda j: i * j, range(4), np))
+
+    caller = threading.Thread(target=lambda: result.append(parallel_map(outer, range(6), np)), daemon=True)
+    caller.start()
+    caller.join(timeout=60)
+    assert result == [[6 * i for i in range(6)]], "nested parallel_map deadlocked"

@@ -4,6 +4,7 @@ CuPy is imported lazily: nothing here touches it until a CuPy array or ``device=
 """
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -74,7 +75,8 @@ def parallel_map(fn, items, xp, calls_blas=True):
     global _POOL
     items = list(items)
     workers = min(len(items), cpu_threads())
-    if xp is not np or workers < 2:
+    # a call from one of the pool's own threads runs in place: waiting on the pool from inside it could deadlock
+    if xp is not np or workers < 2 or threading.current_thread().name.startswith("yoso_np"):
         return [fn(i) for i in items]
     from concurrent.futures import ThreadPoolExecutor
 
