@@ -68,10 +68,10 @@ def cpu_threads():
 
 def parallel_map(fn, items, xp, calls_blas=True):
     """[fn(i) for i in items]. On NumPy: on one Python thread per CPU core, since NumPy and BLAS release the GIL.
-    With calls_blas, each thread gets a single-threaded BLAS (threadpoolctl): Python
-    threads on top of BLAS's own threads were 7x slower here (they contend); split this way, 12 heads of YOSO-E at
-    n = 4096 took 0.74 s instead of 1.2 s on 2 cores. On CuPy: a plain loop (the GPU runs each call in parallel
-    already)."""
+    With calls_blas, each thread gets a single-threaded BLAS (threadpoolctl): Python threads on top of BLAS's own
+    threads were 7x slower here (they contend); split this way, 12 heads of YOSO-E at n = 4096 took 0.74 s instead
+    of 1.2 s on 2 cores. Pass calls_blas=False for pure elementwise work, which needs no limit. On CuPy: a plain
+    loop (the GPU runs each call in parallel already)."""
     global _POOL
     items = list(items)
     workers = min(len(items), cpu_threads())
