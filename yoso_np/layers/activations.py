@@ -169,12 +169,12 @@ def _gelu_float32_into(x, out, scratch):
     xp = array_module(x)
     a, c = scratch, _GELU_TAIL_POLY
     xp.abs(x, out=a)
-    xp.multiply(a, c[-1], out=out)
-    for coef in c[-2:0:-1]:
-        out += coef
-        out *= a
-    out += c[0]
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # |x| beyond ~15 overflows p**16, beyond ~2e6 p itself: both give Q = 0
+        xp.multiply(a, c[-1], out=out)
+        for coef in c[-2:0:-1]:
+            out += coef
+            out *= a
+        out += c[0]
         for _ in range(4):
             xp.multiply(out, out, out=out)
     xp.reciprocal(out, out=out)  # P(Z > |x|)
