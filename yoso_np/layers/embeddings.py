@@ -61,8 +61,11 @@ def embeddings_backward(dy, cache):
     h = dx.shape[-1]
     flat = dx.reshape(-1, h)
     pos = p["position_embeddings.weight"]
-    grads["position_embeddings.weight"] = scatter_add_rows(
-        pos.shape[0], array_module(dx).broadcast_to(position_ids, dx.shape[:2]).reshape(-1), flat)
+    if position_ids.ndim == 2 and position_ids.shape[0] == 1:  # shared by the batch (the default): sum it first
+        grads["position_embeddings.weight"] = scatter_add_rows(pos.shape[0], position_ids[0], dx.sum(axis=0))
+    else:
+        grads["position_embeddings.weight"] = scatter_add_rows(
+            pos.shape[0], array_module(dx).broadcast_to(position_ids, dx.shape[:2]).reshape(-1), flat)
     types = p["token_type_embeddings.weight"]
     if token_type_ids is None:
         grads["token_type_embeddings.weight"] = array_module(dx).zeros_like(types)
