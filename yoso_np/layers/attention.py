@@ -162,7 +162,7 @@ def merge_heads(x):
 def by_rows(fn, rows, n, xp):
     """fn(row slice) over contiguous chunks of the (batch * heads) rows of n tokens, on CPU threads when the
     rows are long enough to pay for it; the results (an array or a tuple of arrays) concatenated along axis 0."""
-    chunks = max(1, min(rows, 2 * cpu_threads())) if n >= 256 else 1
+    chunks = max(1, min(rows, 2 * cpu_threads())) if n >= 256 and xp is np else 1  # a GPU takes all rows at once
     bounds = np.linspace(0, rows, chunks + 1).astype(int)
     parts = parallel_map(fn, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])], xp)
     if len(parts) == 1:
