@@ -94,19 +94,13 @@ def main():
         return common.worker_main(run_case)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="512,1024,4096", help="sequence lengths, comma-separated")
-    parser.add_argument("--repeats", type=int, default=3, help="timed forwards after the warm-up (median)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every case this many times, interleaved, against a drifting machine")
-    parser.add_argument("--impl", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
+    common.add_run_arguments(parser, IMPLS, "forwards")
     parser.add_argument("--layers", type=int, default=12, help="encoder layers (shrink for smoke tests)")
     parser.add_argument("--export-onnx", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.export_onnx:
         return export_onnx(args.layers)
-    impls = args.impl.split(",")
-    unknown = sorted(set(impls) - set(IMPLS))
-    if unknown:
-        parser.error(f"--impl: unknown {unknown}, expected a subset of {list(IMPLS)}")
+    impls = common.chosen_impls(parser, args, IMPLS)
     lengths = [int(n) for n in args.lengths.split(",")]
 
     path = onnx_path(args.layers)

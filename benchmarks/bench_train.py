@@ -54,16 +54,10 @@ def main():
         return common.worker_main(run_case)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="2x512,1x2048", help="comma-separated batch x n")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps after the warm-up (median)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every case this many times, interleaved, against a drifting machine")
-    parser.add_argument("--impl", default=",".join(IMPLS), help=f"comma-separated subset of {','.join(IMPLS)}")
+    common.add_run_arguments(parser, IMPLS, "steps")
     parser.add_argument("--layers", type=int, default=2, help="encoder layers")
     args = parser.parse_args()
-    impls = args.impl.split(",")
-    unknown = sorted(set(impls) - set(IMPLS))
-    if unknown:
-        parser.error(f"--impl: unknown {unknown}, expected a subset of {list(IMPLS)}")
+    impls = common.chosen_impls(parser, args, IMPLS)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     cases = [dict(impl=impl, batch=b, n=n, size=f"{b}x{n}", layers=args.layers, repeats=args.repeats)
              for b, n in shapes for impl in impls]

@@ -98,6 +98,24 @@ def torch_model(class_name, config, weights):
     return model
 
 
+# -- command line ---------------------------------------------------------------------------------------------
+def add_run_arguments(parser, impls, unit):
+    """--repeats, --rounds and --impl, the options every benchmark script shares; unit: what one repeat times."""
+    parser.add_argument("--repeats", type=int, default=3, help=f"timed {unit} after the warm-up (median)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every case this many times, interleaved, against a drifting machine")
+    parser.add_argument("--impl", default=",".join(impls), help=f"comma-separated subset of {','.join(impls)}")
+
+
+def chosen_impls(parser, args, impls):
+    """The --impl list, or a parser error naming the unknown ones."""
+    chosen = args.impl.split(",")
+    unknown = sorted(set(chosen) - set(impls))
+    if unknown:
+        parser.error(f"--impl: unknown {unknown}, expected a subset of {list(impls)}")
+    return chosen
+
+
 # -- parent side ----------------------------------------------------------------------------------------------
 def run_worker(script, case):
     """Run one case in a fresh interpreter; returns its JSON result, or {"error": ...}."""
