@@ -184,6 +184,15 @@ def test_lsh_cumulation_matches_brute_force(code_len, dtype):
     assert not out[1].any()  # every key of row 1 is masked
 
 
+@pytest.mark.parametrize("n_k", [9, 40])
+def test_lsh_cumulation_table_by_code_or_by_present_code(n_k):
+    # capacity 16: 40 keys index the table by code directly, 9 keys give rows only to the codes they have
+    qm, qc, km, kc, v, _, _, cap = cumulation_inputs(n_k, 4, n_k=n_k, few_codes=False)
+    qc[:, :3] = kc[:, :3]  # some certain collisions beside the random ones
+    np.testing.assert_allclose(lsh.lsh_cumulation(qm, qc, km, kc, v, cap), brute_force(qm, qc, km, kc, v),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("code_len", [3, 5, 9])
 def test_lsh_weighted_cumulation_matches_brute_force(code_len):
     qm, qc, km, kc, v, qw, kw, cap = cumulation_inputs(code_len + 10, code_len)
@@ -192,11 +201,10 @@ def test_lsh_weighted_cumulation_matches_brute_force(code_len):
     np.testing.assert_allclose(out, brute_force(qm, qc, km, kc, v, qw, kw), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("block_floats,big_bucket", [(lsh.TABLE_BLOCK_FLOATS, lsh.BIG_BUCKET), (1, 2)])
-def test_cumulations_with_one_bucket_sparse_codes_and_small_blocks(monkeypatch, block_floats, big_bucket):
-    # (1, 2): one (row, hash) per cache block, and every bucket of more than 2 keys summed by reduceat
+@pytest.mark.parametrize("block_floats", [lsh.TABLE_BLOCK_FLOATS, 1])
+def test_cumulations_with_one_bucket_sparse_codes_and_small_blocks(monkeypatch, block_floats):
+    # block_floats 1: one (row, hash) per cache block
     monkeypatch.setattr(lsh, "TABLE_BLOCK_FLOATS", block_floats)
-    monkeypatch.setattr(lsh, "BIG_BUCKET", big_bucket)
     qm, qc, km, kc, v, qw, kw, cap = cumulation_inputs(7, 4)
     np.testing.assert_allclose(lsh.lsh_cumulation(qm, qc, km, kc, v, cap), brute_force(qm, qc, km, kc, v),
                                rtol=1e-5, atol=1e-5)

@@ -179,11 +179,12 @@ def _fast_hash_projections(dmat, num_hash, hash_code_len, max_floats=2**22):
         yield from fast_hash_projection(dmat[start:start + rows], num_hash, hash_code_len)
 
 
-def _sign_codes(x, projections, keep, num_hash, hash_code_len, rows_per_chunk=1024):
+def _sign_codes(x, projections, keep, num_hash, hash_code_len, rows_per_chunk=256):
     """codes[b, t, f] = sum_i [ (x[b, t] @ projections[b])[f * L + i] > 0 ] << i, and 0 where keep is False.
 
-    projections: one [d, num_hash * L] matrix per batch row (an array or an iterable). Chunked over tokens so the
-    projections stay in cache; the bits are summed exactly by a float matmul.
+    projections: one [d, num_hash * L] matrix per batch row (an array or an iterable). Chunked over tokens so that
+    a chunk's projections (256 x 576 floats for m = 64, L = 9) stay in L2 for the sign and code passes: 1.5x faster
+    than 1024-token chunks with both cores busy. The bits are summed exactly by a float matmul.
     """
     xp = _backend(x=x)
     n = x.shape[1]
@@ -326,15 +327,12 @@ def _argsort_descending(counts, largest):
     return np.argsort(-counts, kind="stable")
 
 
-BIG_BUCKET = 64  # buckets with more keys are summed by np.add.reduceat
-
-
 class _KeyBuckets:
     """The keys of every (batch row, hash) grouped by code: a counting-sort layout of the hash tables.
 
     sorted_keys: flat key indices (b * n_k + k) ordered by (row = b * num_hash + f, code); bucket j holds
     sorted_keys[start[j] : start[j] + size[j]], and buckets are numbered biggest first, so the buckets with more
-    than r keys are exactly the first few. Masked keys are in no bucket.
+    than r keys are exactly the first few. Masked keys are in no bucket. (lsh_weighted_cumulation walks them.)
     """
 
     def __init__(self, key_hash_code, key_keep, capacity):
@@ -359,8 +357,6 @@ class _KeyBuckets:
         self.id_of_sorted = np.empty(size.size, dtype=np.int64)
         self.id_of_sorted[by_size] = np.arange(size.size)
         self.sorted_keys = (order + (np.arange(batch) * n_k)[:, None, None]).reshape(-1)
-        # how many buckets hold more than r keys, for r = 0 .. largest - 1
-        self.more_than = size.size - np.cumsum(np.bincount(size, minlength=1))[:-1]
 
     @property
     def count(self):
@@ -382,29 +378,12 @@ class _KeyBuckets:
         pos = np.minimum(np.searchsorted(keys, query_key), keys.size - 1)
         return np.where(keys[pos] == query_key, self.id_of_sorted[pos], self.count)
 
-    def sums(self, rows):
-        """[count + 1, width]: the sum of rows[k] over the keys k of each bucket (last row: the empty bucket).
-
-        Level r adds the (r+1)-th key of every bucket holding more than r keys; those buckets are a prefix, so each
-        level is one gather and one contiguous add, with no scatter conflicts. Buckets bigger than BIG_BUCKET (a
-        prefix too) are summed as contiguous runs by np.add.reduceat instead, so no input costs n levels.
-        """
-        sums = np.zeros((self.count + 1, rows.shape[1]), dtype=rows.dtype)
-        big = int(self.more_than[BIG_BUCKET]) if self.more_than.size > BIG_BUCKET else 0
-        if big:
-            run_start = np.cumsum(self.size[:big]) - self.size[:big]
-            positions = np.arange(run_start[-1] + self.size[big - 1]) + np.repeat(self.start[:big] - run_start,
-                                                                                  self.size[:big])
-            sums[:big] = np.add.reduceat(np.take(rows, self.sorted_keys[positions], axis=0), run_start, axis=0)
-        for r, live in enumerate(self.more_than[:BIG_BUCKET]):
-            sums[big:live] += np.take(rows, self.sorted_keys[self.start[big:live] + r], axis=0)
-        return sums
-
     def weighted_pair_sums(self, query_hash_code, query_keep, query_weight, key_weight, value):
         """[batch, n_q, d_v]: sum over hashes f and keys k colliding with q of (qw[q] . kw[k]) value[k].
 
-        Walks the colliding pairs level by level as in sums(): the (query, hash) entries sorted by the size of their
-        bucket, level r pairs each entry whose bucket has more than r keys with its (r+1)-th key.
+        Walks the colliding pairs level by level: the (query, hash) entries sorted by the size of their bucket, level r
+        pairs each entry whose bucket has more than r keys with its (r+1)-th key; each level is one gather and one
+        contiguous add, with no scatter conflicts.
         """
         batch, n_q, num_hash = query_hash_code.shape
         d_v = value.shape[2]
@@ -440,16 +419,46 @@ def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, 
         return out.astype(value.dtype, copy=False)
     batch, n_q, num_hash = query_hash_code.shape
     n_k, d_v = value.shape[1:]
-    value = np.ascontiguousarray(value)  # its rows are gathered once per block of hashes
     out = np.zeros((batch, n_q, d_v), dtype=value.dtype)
-    for rows, hashes in _cache_sized_blocks(batch, num_hash, min(n_k, capacity) * d_v):
-        buckets = _KeyBuckets(key_hash_code[rows, :, hashes], key_keep[rows], capacity)
-        table = buckets.sums(value[rows].reshape(-1, d_v))
-        bucket_of = buckets.lookup(query_hash_code[rows, :, hashes])
-        for f in range(bucket_of.shape[2]):
-            out[rows] += np.take(table, bucket_of[:, :, f], axis=0)
+    for b in range(batch):
+        kept = slice(None) if key_keep[b].all() else np.flatnonzero(key_keep[b])
+        kept_value = value[b, kept]
+        for _, hashes in _cache_sized_blocks(1, num_hash, min(n_k, capacity) * d_v):
+            key_rows, query_rows, table_rows = _table_rows(key_hash_code[b, kept, hashes],
+                                                           query_hash_code[b, :, hashes], capacity)
+            table = _scatter_rows(key_rows, kept_value, table_rows)
+            for rows in query_rows:
+                out[b] += np.take(table, rows, axis=0)
     out *= query_keep[:, :, None].astype(value.dtype) / num_hash
     return out
+
+
+def _table_rows(key_codes, query_codes, capacity):
+    """Rows of one flat table for the hashes of a block: (key_rows [n_k, hashes], query_rows [hashes, n_q],
+    table_rows). Directly f * capacity + code when that table is no bigger than the keys; otherwise only the codes
+    the keys have get rows, and query codes no key has map to a last row that stays zero."""
+    offsets = np.arange(key_codes.shape[1], dtype=np.int64) * capacity
+    if capacity <= key_codes.shape[0]:
+        offsets = offsets.astype(np.int32)  # direct rows < capacity * hashes <= n_k * hashes: int32 is enough
+        return key_codes + offsets, (query_codes + offsets).T.copy(), capacity * key_codes.shape[1]
+    present, key_rows = np.unique(key_codes + offsets, return_inverse=True)
+    query_keys = (query_codes + offsets).T
+    found = np.minimum(np.searchsorted(present, query_keys), max(present.size - 1, 0))
+    hit = present[found] == query_keys if present.size else np.zeros(query_keys.shape, dtype=bool)
+    return key_rows.reshape(key_codes.shape), np.where(hit, found, present.size), present.size + 1
+
+
+def _scatter_rows(rows, value, table_rows):
+    """[table_rows, d]: table[r] = sum of value[k] over every (k, j) with rows[k, j] == r.
+
+    This is a scatter-add with conflicts, i.e. S @ value for the sparse 0/1 matrix S[rows[k, j], k] = 1; scipy's
+    compiled CSC product does it in one pass (about 3x faster than sorting keys into buckets with NumPy).
+    """
+    import scipy.sparse
+    n_k, per_key = rows.shape
+    s = scipy.sparse.csc_matrix((np.ones(rows.size, dtype=value.dtype), rows.reshape(-1),
+                                 np.arange(0, rows.size + 1, per_key)), shape=(table_rows, n_k))
+    return np.asarray(s @ value)
 
 
 def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask, key_hash_code, key_weight, value,
