@@ -193,6 +193,18 @@ def test_lsh_cumulation_table_by_code_or_by_present_code(n_k):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch,n_q,n_k,d_v", [(0, 4, 5, 3), (2, 0, 5, 3), (2, 4, 0, 3), (2, 4, 5, 0)])
+def test_cumulations_of_empty_shapes_are_zeros(batch, n_q, n_k, d_v):
+    rng = np.random.default_rng(0)
+    qc = rng.integers(0, 8, (batch, n_q, 3)).astype(np.int32)
+    kc = rng.integers(0, 8, (batch, n_k, 3)).astype(np.int32)
+    qm, km = np.ones((batch, n_q), np.int32), np.ones((batch, n_k), np.int32)
+    qw, kw = np.ones((batch, n_q, 2), np.float32), np.ones((batch, n_k, 2), np.float32)
+    v = np.ones((batch, n_k, d_v), np.float32)
+    for out in (lsh.lsh_cumulation(qm, qc, km, kc, v, 8), lsh.lsh_weighted_cumulation(qm, qc, qw, km, kc, kw, v, 8)):
+        assert out.shape == (batch, n_q, d_v) and not out.any()
+
+
 @pytest.mark.parametrize("code_len", [3, 5, 9])
 def test_lsh_weighted_cumulation_matches_brute_force(code_len):
     qm, qc, km, kc, v, qw, kw, cap = cumulation_inputs(code_len + 10, code_len)

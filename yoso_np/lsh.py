@@ -313,6 +313,7 @@ TABLE_BLOCK_FLOATS = 2**18  # hash-table entries per block of (batch rows, hashe
 
 def _cache_sized_blocks(batch, num_hash, floats_per_table):
     """(rows, hashes) slices covering batch x num_hash in blocks whose tables hold ~TABLE_BLOCK_FLOATS floats."""
+    floats_per_table = max(1, floats_per_table)  # no keys or zero-width values: any block size
     hashes_per_block = max(1, min(num_hash, TABLE_BLOCK_FLOATS // floats_per_table))
     rows_per_block = max(1, TABLE_BLOCK_FLOATS // (floats_per_table * num_hash)) if hashes_per_block == num_hash else 1
     for b in range(0, batch, rows_per_block):
@@ -486,6 +487,8 @@ def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask,
     query_weight = query_weight.astype(dtype, copy=False)
     key_weight = key_weight.astype(dtype, copy=False)
     out = np.zeros((batch, n_q, d_v), dtype=dtype)
+    if 0 in (n_q, n_k, d_v):
+        return out
     for rows, hashes in _cache_sized_blocks(batch, num_hash, n_q * max(d_v, d_w)):
         buckets = _KeyBuckets(key_hash_code[rows, :, hashes], key_keep[rows], capacity)
         out[rows] += buckets.weighted_pair_sums(query_hash_code[rows, :, hashes], query_keep[rows], query_weight[rows],
