@@ -1,0 +1,61 @@
+"""The compiled CPU loops of yoso_np.cpu_kernels against their NumPy twins: bit-identical results."""
+import importlib
+
+import numpy as np
+import pytest
+
+from yoso_np import cpu_kernels
+
+attention = importlib.import_module("yoso_np.layers.attention")
+numba_needed = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="needs numba")
+
+
+def cosines(shape, seed=0):
+    s = np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+    above_one = np.nextafter(np.float32(1), np.float32(2))
+    edge = [1, -1, 0, -0.0, above_one, -above_one, np.nextafter(np.float32(1), np.float32(0)), 0.5, -0.5, 1e-30, -1e-30]
+    s.reshape(-1)[:len(edge)] = edge
+    return s
+
+
+@numba_needed
+@pytest.mark.parametrize("tau", range(1, 25))
+def test_compiled_collision_probability_is_bit_identical_to_numpy(tau):
+    s = cosines((37, 53), seed=tau)
+    expected = s.copy()
+    attention.collision_probability(expected, tau, (np.empty_like(s), np.empty_like(s)))
+    got = s.copy()
+    cpu_kernels.collision_probability()(got, tau, attention._NEG_ACOS_POLY_OVER_PI_F32)
+    assert not np.isnan(got).any()
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+@numba_needed
+def test_expectation_blocks_take_the_compiled_loop_with_the_same_result(monkeypatch):
+    rng = np.random.default_rng(1)
+    q, k = (rng.standard_normal((300, 16)).astype(np.float32) for _ in range(2))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    k /= np.linalg.norm(k, axis=1, keepdims=True)
+    v = rng.standard_normal((300, 8)).astype(np.float32)
+    assert attention._compiled_weights(np, np.float32, 9) is not None
+    compiled = attention.expectation_cumulation(q, k, v, 9)
+    monkeypatch.setattr(attention, "_compiled_weights", lambda *args: None)
+    np.testing.assert_array_equal(compiled, attention.expectation_cumulation(q, k, v, 9))
+
+
+def test_numba_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("YOSO_NP_NUMBA", "0")
+    cpu_kernels._njit.cache_clear()
+    cpu_kernels.collision_probability.cache_clear()
+    try:
+        assert cpu_kernels.collision_probability() is None
+        assert attention._compiled_weights(np, np.float32, 9) is None
+    finally:
+        monkeypatch.delenv("YOSO_NP_NUMBA")
+        cpu_kernels._njit.cache_clear()
+        cpu_kernels.collision_probability.cache_clear()
+
+
+def test_only_float32_numpy_weights_are_compiled():
+    assert attention._compiled_weights(np, np.float64, 9) is None
+    assert attention._compiled_weights(np, np.float32, 32) is None

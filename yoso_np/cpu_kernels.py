@@ -1,0 +1,69 @@
+"""Compiled CPU loops (numba) for elementwise work that NumPy runs as many passes over memory.
+
+Optional: with numba installed (``pip install 'yoso_np[fast]'``) float32 NumPy inputs take these loops; without
+it, or with the environment variable YOSO_NP_NUMBA=0, the NumPy code they twin runs instead. Each loop does the
+float32 operations of its NumPy twin in the same order, so the two give bit-identical results
+(tests/test_cpu_kernels.py holds them side by side). numba is imported on first use, never by ``import yoso_np``.
+"""
+import functools
+import math
+import os
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=None)
+def _njit():
+    """numba.njit with our options, or None where numba is missing or switched off."""
+    if os.environ.get("YOSO_NP_NUMBA", "1") == "0":
+        return None
+    try:
+        import numba
+    except ImportError:
+        return None
+    return functools.partial(numba.njit, nogil=True, cache=True)  # nogil: the caller's threads run in parallel
+
+
+def _collision_probability_loop(s, tau, neg_poly_over_pi):
+    # the twin of layers.attention.collision_probability for float32 (see there for the math), then power_inplace
+    flat = s.reshape(-1)
+    one, half = np.float32(1.0), np.float32(0.5)
+    c = neg_poly_over_pi
+    for i in range(flat.size):
+        x = flat[i]
+        a = np.abs(x)
+        p = a * c[6]
+        for j in range(5, 0, -1):
+            p = (p + c[j]) * a
+        p = (p + c[0]) * np.sqrt(np.abs(one - a)) + half
+        if math.copysign(1.0, x) < 0:  # the sign bit of x, also for -0.0: flips p's sign bit like the xor
+            p = -p
+        p = p + half
+        # p ** tau by repeated squaring (tau <= 24 < 32), multiplied in power_inplace's order; 1 * x == x exactly,
+        # so starting from one changes no bit. The conditions do not depend on i: the compiler hoists them.
+        r = p if tau & 1 else one
+        square = p * p
+        if tau & 2:
+            r = r * square
+        if tau >= 4:
+            square = square * square
+            if tau & 4:
+                r = r * square
+        if tau >= 8:
+            square = square * square
+            if tau & 8:
+                r = r * square
+        if tau >= 16:
+            square = square * square
+            if tau & 16:
+                r = r * square
+        p = r
+        flat[i] = p
+
+
+@functools.lru_cache(maxsize=None)
+def collision_probability():
+    """In place on a C-contiguous float32 array s: s <- (1 - arccos(s)/pi)**tau, called as
+    ``kernel(s, tau, neg_poly_over_pi)`` (the float32 coefficients of layers.attention); None without numba."""
+    njit = _njit()
+    return None if njit is None else njit(_collision_probability_loop)
