@@ -7,6 +7,7 @@ import pytest
 from yoso_np import cpu_kernels
 
 attention = importlib.import_module("yoso_np.layers.attention")
+activations = importlib.import_module("yoso_np.layers.activations")
 numba_needed = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="needs numba")
 
 
@@ -43,17 +44,40 @@ def test_expectation_blocks_take_the_compiled_loop_with_the_same_result(monkeypa
     np.testing.assert_array_equal(compiled, attention.expectation_cumulation(q, k, v, 9))
 
 
+@numba_needed
+def test_compiled_gelu_is_bit_identical_to_numpy(monkeypatch):
+    x = (3 * np.random.default_rng(2).standard_normal((70, 301))).astype(np.float32)
+    edge = [0, -0.0, 1e-30, -1e-30, 15, -15, 40, -40, 3e38, -3e38, np.inf, -np.inf]
+    x.reshape(-1)[:len(edge)] = edge
+    got = np.empty_like(x)
+    cpu_kernels.gelu()(x, got, activations._GELU_TAIL_POLY_F32)
+    expected = np.empty_like(x)
+    with np.errstate(over="ignore", invalid="ignore"):  # +-inf give NaN (0 * inf) on both sides
+        activations._gelu_float32_into(x, expected, np.empty_like(x))
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    x[0, 0] = np.nan
+    cpu_kernels.gelu()(x, got, activations._GELU_TAIL_POLY_F32)
+    assert np.isnan(got[0, 0])
+    # and through activation(), on the blocks shared out to the cores
+    x = (3 * np.random.default_rng(3).standard_normal((300, 1000))).astype(np.float32)
+    y, _ = activations.activation("gelu", x)
+    monkeypatch.setattr(activations, "_float32_into", lambda name: activations._INPLACE_FLOAT32[name])
+    np.testing.assert_array_equal(y, activations.activation("gelu", x)[0])
+
+
 def test_numba_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv("YOSO_NP_NUMBA", "0")
-    cpu_kernels._njit.cache_clear()
-    cpu_kernels.collision_probability.cache_clear()
+    caches = (cpu_kernels._njit, cpu_kernels.collision_probability, cpu_kernels.gelu)
+    for cached in caches:
+        cached.cache_clear()
     try:
-        assert cpu_kernels.collision_probability() is None
+        assert cpu_kernels.collision_probability() is None and cpu_kernels.gelu() is None
         assert attention._compiled_weights(np, np.float32, 9) is None
+        assert activations._float32_into("gelu") is activations._gelu_float32_into
     finally:
         monkeypatch.delenv("YOSO_NP_NUMBA")
-        cpu_kernels._njit.cache_clear()
-        cpu_kernels.collision_probability.cache_clear()
+        for cached in caches:
+            cached.cache_clear()
 
 
 def test_only_float32_numpy_weights_are_compiled():

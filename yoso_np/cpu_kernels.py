@@ -21,7 +21,9 @@ def _njit():
         import numba
     except ImportError:
         return None
-    return functools.partial(numba.njit, nogil=True, cache=True)  # nogil: the caller's threads run in parallel
+    # nogil: the caller's threads run in parallel; error_model numpy: x / 0 is inf as in NumPy, with no
+    # ZeroDivisionError check to keep the loop from vectorising
+    return functools.partial(numba.njit, nogil=True, cache=True, error_model="numpy")
 
 
 def _collision_probability_loop(s, tau, neg_poly_over_pi):
@@ -67,3 +69,28 @@ def collision_probability():
     ``kernel(s, tau, neg_poly_over_pi)`` (the float32 coefficients of layers.attention); None without numba."""
     njit = _njit()
     return None if njit is None else njit(_collision_probability_loop)
+
+
+def _gelu_loop(x, out, tail_poly):
+    # the twin of layers.activations._gelu_float32_into: out = max(x, 0) - |x| P(Z > |x|)
+    xs, outs = x.reshape(-1), out.reshape(-1)
+    zero, one = np.float32(0.0), np.float32(1.0)
+    c = tail_poly
+    for i in range(xs.size):
+        v = xs[i]
+        a = np.abs(v)
+        p = a * c[7]
+        for j in range(6, 0, -1):
+            p = (p + c[j]) * a
+        p = p + c[0]
+        for _ in range(4):
+            p = p * p
+        outs[i] = (v if v > zero else zero) - (one / p) * a  # NaN in, NaN out through the tail as in NumPy
+
+
+@functools.lru_cache(maxsize=None)
+def gelu():
+    """out <- gelu(x) for C-contiguous float32 arrays, called as ``kernel(x, out, tail_poly)`` (the float32
+    coefficients of layers.activations); None without numba."""
+    njit = _njit()
+    return None if njit is None else njit(_gelu_loop)

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from .. import cpu_kernels
 from ..backend import array_module, cpu_threads, is_cupy_array, parallel_map
 
 SQRT_HALF = math.sqrt(0.5)
@@ -157,6 +158,7 @@ def _softplus_grad(x):
 # where exp(-a^2/2) times a rational erfcx took ~35 (float32 np.exp is scalar code here, ~10 passes' time).
 _GELU_TAIL_POLY = (1.0442737824274138, 0.05207585929127293, 0.022070571597057585, 0.0034417081946954606,
                    1.4974180303625985e-05, 6.669975187002615e-05, 9.304312676136549e-07, 5.30466569073586e-07)
+_GELU_TAIL_POLY_F32 = np.array(_GELU_TAIL_POLY, dtype=np.float32)
 
 
 def _gelu_float32_into(x, out, scratch):
@@ -462,6 +464,14 @@ _INPLACE_BLOCK_ELEMENTS = 1 << 16
 _INPLACE_FLOAT32 = {"gelu": _gelu_float32_into}
 
 
+def _float32_into(name):
+    """The in-place float32 routine of ``name``: its compiled twin (cpu_kernels) where numba is installed."""
+    kernel = cpu_kernels.gelu() if name == "gelu" else None
+    if kernel is None:
+        return _INPLACE_FLOAT32[name]
+    return lambda x, out, scratch: kernel(x, out, _GELU_TAIL_POLY_F32)
+
+
 def _elementwise(fn, *arrays):
     """fn over same-shaped arrays, in cache-sized blocks for NumPy arrays."""
     first = arrays[0]
@@ -512,7 +522,7 @@ def activation(name, x):
     _check_input(x, "x")
     forward, _ = ACTIVATIONS[name]
     if name in _INPLACE_FLOAT32 and x.dtype == np.float32 and isinstance(x, np.ndarray):
-        return _elementwise_inplace(_INPLACE_FLOAT32[name], x), (name, x)
+        return _elementwise_inplace(_float32_into(name), x), (name, x)
     y = _elementwise(forward, _working_precision(x))
     return y.astype(x.dtype, copy=False), (name, x)
 
