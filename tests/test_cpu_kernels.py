@@ -4,7 +4,7 @@ import importlib
 import numpy as np
 import pytest
 
-from yoso_np import cpu_kernels
+from yoso_np import cpu_kernels, lsh
 
 attention = importlib.import_module("yoso_np.layers.attention")
 activations = importlib.import_module("yoso_np.layers.activations")
@@ -65,13 +65,34 @@ def test_compiled_gelu_is_bit_identical_to_numpy(monkeypatch):
     np.testing.assert_array_equal(y, activations.activation("gelu", x)[0])
 
 
+@numba_needed
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_k,code_len", [(300, 6), (40, 9)])  # NumPy path: table by code / by present code
+def test_compiled_lsh_cumulation_is_bit_identical_to_numpy(monkeypatch, dtype, n_k, code_len):
+    rng = np.random.default_rng(n_k)
+    batch, n_q, num_hash, d_v = 3, 250, 11, 19
+    query_codes = rng.integers(0, 2**code_len, (batch, n_q, num_hash)).astype(np.int32)
+    key_codes = rng.integers(0, 2**code_len, (batch, n_k, num_hash)).astype(np.int32)
+    query_codes[:, :30] = key_codes[:, :30]
+    query_mask, key_mask = rng.integers(0, 2, (batch, n_q)), rng.integers(0, 2, (batch, n_k))
+    key_mask[0] = 1
+    value = rng.standard_normal((batch, n_k, d_v)).astype(dtype)
+    args = (query_mask, query_codes, key_mask, key_codes, value, 2**code_len)
+    compiled = lsh.lsh_cumulation(*args)
+    monkeypatch.setattr(cpu_kernels, "lsh_cumulation", lambda: None)
+    expected = lsh.lsh_cumulation(*args)
+    assert np.abs(expected).max() > 0.5
+    np.testing.assert_array_equal(compiled, expected)
+
+
 def test_numba_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv("YOSO_NP_NUMBA", "0")
-    caches = (cpu_kernels._njit, cpu_kernels.collision_probability, cpu_kernels.gelu)
+    caches = (cpu_kernels._njit, cpu_kernels.collision_probability, cpu_kernels.gelu, cpu_kernels.lsh_cumulation)
     for cached in caches:
         cached.cache_clear()
     try:
         assert cpu_kernels.collision_probability() is None and cpu_kernels.gelu() is None
+        assert cpu_kernels.lsh_cumulation() is None
         assert attention._compiled_weights(np, np.float32, 9) is None
         assert activations._float32_into("gelu") is activations._gelu_float32_into
     finally:

@@ -154,6 +154,16 @@ def brute_force(query_mask, query_codes, key_mask, key_codes, value, query_weigh
     return collisions @ value.astype(np.float64)
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def cumulation_path(request, monkeypatch):
+    """Run a test on the compiled cumulation (where numba is installed) and on the NumPy one."""
+    if request.param == "numpy":
+        monkeypatch.setattr(lsh.cpu_kernels, "lsh_cumulation", lambda: None)
+    elif lsh.cpu_kernels.lsh_cumulation() is None:
+        pytest.skip("needs numba")
+    return request.param
+
+
 def cumulation_inputs(seed, code_len, batch=3, n_q=13, n_k=11, d_v=7, d_w=4, num_hash=5, dtype=np.float32,
                       few_codes=True):
     rng = np.random.default_rng(seed)
@@ -174,7 +184,7 @@ def cumulation_inputs(seed, code_len, batch=3, n_q=13, n_k=11, d_v=7, d_w=4, num
 
 @pytest.mark.parametrize("code_len", [3, 5, 9])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_lsh_cumulation_matches_brute_force(code_len, dtype):
+def test_lsh_cumulation_matches_brute_force(code_len, dtype, cumulation_path):
     qm, qc, km, kc, v, _, _, cap = cumulation_inputs(code_len, code_len, dtype=dtype)
     out = lsh.lsh_cumulation(qm, qc, km.astype(bool), kc, v, cap)
     assert out.dtype == dtype and out.shape == (3, 13, 7)
@@ -185,7 +195,7 @@ def test_lsh_cumulation_matches_brute_force(code_len, dtype):
 
 
 @pytest.mark.parametrize("n_k", [9, 40])
-def test_lsh_cumulation_table_by_code_or_by_present_code(n_k):
+def test_lsh_cumulation_table_by_code_or_by_present_code(n_k, cumulation_path):
     # capacity 16: 40 keys index the table by code directly, 9 keys give rows only to the codes they have
     qm, qc, km, kc, v, _, _, cap = cumulation_inputs(n_k, 4, n_k=n_k, few_codes=False)
     qc[:, :3] = kc[:, :3]  # some certain collisions beside the random ones
@@ -194,7 +204,7 @@ def test_lsh_cumulation_table_by_code_or_by_present_code(n_k):
 
 
 @pytest.mark.parametrize("batch,n_q,n_k,d_v", [(0, 4, 5, 3), (2, 0, 5, 3), (2, 4, 0, 3), (2, 4, 5, 0)])
-def test_cumulations_of_empty_shapes_are_zeros(batch, n_q, n_k, d_v):
+def test_cumulations_of_empty_shapes_are_zeros(batch, n_q, n_k, d_v, cumulation_path):
     rng = np.random.default_rng(0)
     qc = rng.integers(0, 8, (batch, n_q, 3)).astype(np.int32)
     kc = rng.integers(0, 8, (batch, n_k, 3)).astype(np.int32)
@@ -214,7 +224,7 @@ def test_lsh_weighted_cumulation_matches_brute_force(code_len):
 
 
 @pytest.mark.parametrize("block_floats", [lsh.TABLE_BLOCK_FLOATS, 1])
-def test_cumulations_with_one_bucket_sparse_codes_and_small_blocks(monkeypatch, block_floats):
+def test_cumulations_with_one_bucket_sparse_codes_and_small_blocks(monkeypatch, block_floats, cumulation_path):
     # block_floats 1: one (row, hash) per cache block
     monkeypatch.setattr(lsh, "TABLE_BLOCK_FLOATS", block_floats)
     qm, qc, km, kc, v, qw, kw, cap = cumulation_inputs(7, 4)

@@ -94,3 +94,35 @@ def gelu():
     coefficients of layers.activations); None without numba."""
     njit = _njit()
     return None if njit is None else njit(_gelu_loop)
+
+
+def _lsh_cumulation_loop(query_hash_code, key_hash_code, key_keep, value, table, out):
+    # the twin of lsh.lsh_cumulation's NumPy path before its final scaling: out[b, q] += sum over hashes f, in
+    # order, of table_f[code_qf], table_f[c] = the sum over kept keys k, in order, of value[b, k] with code c.
+    # table: [capacity, d_v] zeros; rows the keys touched are zeroed again after each hash.
+    batch, n_q, num_hash = query_hash_code.shape
+    n_k, d_v = value.shape[1:]
+    for b in range(batch):
+        for f in range(num_hash):
+            for k in range(n_k):
+                if key_keep[b, k]:
+                    row = key_hash_code[b, k, f]
+                    for j in range(d_v):
+                        table[row, j] += value[b, k, j]
+            for q in range(n_q):
+                row = query_hash_code[b, q, f]
+                for j in range(d_v):
+                    out[b, q, j] += table[row, j]
+            for k in range(n_k):
+                row = key_hash_code[b, k, f]
+                for j in range(d_v):
+                    table[row, j] = 0
+
+
+@functools.lru_cache(maxsize=None)
+def lsh_cumulation():
+    """``kernel(query_hash_code, key_hash_code, key_keep, value, table, out)``, see _lsh_cumulation_loop; None
+    without numba."""
+    njit = _njit()
+    return None if njit is None else njit(_lsh_cumulation_loop)
+

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from . import cpu_kernels
 from .backend import is_cupy_array
 
 MAX_HASH_CODE_LEN = 24  # codes are summed exactly in float32 (< 2**24) and stored in int32
@@ -309,6 +310,7 @@ def _check_cumulation_inputs(query_mask, query_hash_code, key_mask, key_hash_cod
 
 
 TABLE_BLOCK_FLOATS = 2**18  # hash-table entries per block of (batch rows, hashes): about L2-sized
+COMPILED_TABLE_ROWS = 2**12  # the compiled cumulation (cpu_kernels) keeps one dense table of this many rows or n_k
 
 
 def _cache_sized_blocks(batch, num_hash, floats_per_table):
@@ -421,6 +423,13 @@ def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, 
     batch, n_q, num_hash = query_hash_code.shape
     n_k, d_v = value.shape[1:]
     out = np.zeros((batch, n_q, d_v), dtype=value.dtype)
+    compiled = cpu_kernels.lsh_cumulation() if value.dtype in (np.float32, np.float64) else None
+    if compiled is not None and capacity <= max(n_k, COMPILED_TABLE_ROWS):
+        # the same sums in the same order, bit for bit, as the loop below; one [capacity, d_v] table
+        compiled(query_hash_code, key_hash_code, key_keep, np.ascontiguousarray(value),
+                 np.zeros((capacity, d_v), dtype=value.dtype), out)
+        out *= query_keep[:, :, None].astype(value.dtype) / num_hash
+        return out
     for b in range(batch):
         kept = slice(None) if key_keep[b].all() else np.flatnonzero(key_keep[b])
         kept_value = value[b, kept]
