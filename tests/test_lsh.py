@@ -23,6 +23,17 @@ def random_mask(rng, batch, n):
     return mask
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def cpu_path(request, monkeypatch):
+    """Run a test on the compiled loops of cpu_kernels (where numba is installed) and on the NumPy code."""
+    if request.param == "numpy":
+        monkeypatch.setattr(lsh.cpu_kernels, "lsh_cumulation", lambda: None)
+        monkeypatch.setattr(lsh.cpu_kernels, "fast_hash", lambda: None)
+    elif lsh.cpu_kernels.lsh_cumulation() is None:
+        pytest.skip("needs numba")
+    return request.param
+
+
 # ---------------------------------------------------------------------------------------------- hashing
 @pytest.mark.parametrize("dim", [1, 2, 8, 32, 128])
 def test_hadamard_transform_is_multiplication_by_sylvester_matrix(dim):
@@ -31,7 +42,7 @@ def test_hadamard_transform_is_multiplication_by_sylvester_matrix(dim):
 
 
 @pytest.mark.parametrize("dim,num_hash,code_len", [(8, 5, 3), (32, 13, 4), (64, 20, 9), (64, 3, 1)])
-def test_fast_hash_matches_explicit_hadamard_transforms(dim, num_hash, code_len):
+def test_fast_hash_matches_explicit_hadamard_transforms(dim, num_hash, code_len, cpu_path):
     rng = np.random.default_rng(dim + num_hash)
     batch, n = 2, 7
     x = rng.standard_normal((batch, n, dim)).astype(np.float32)
@@ -73,7 +84,7 @@ def test_gaussian_hash_matches_sign_formula():
                 assert codes[b, t, f] == code
 
 
-def test_hash_codes_share_one_draw_and_pad_any_head_dim():
+def test_hash_codes_share_one_draw_and_pad_any_head_dim(cpu_path):
     rng = np.random.default_rng(2)
     batch, n, dim, num_hash, code_len = 2, 5, 12, 6, 4
     query = rng.standard_normal((batch, n, dim)).astype(np.float32)
@@ -135,7 +146,7 @@ def test_gaussian_collision_frequencies_converge_to_yoso_e_like_one_over_sqrt_m(
     assert 3.3 < errors[64][0] / errors[1024][0] < 4.7
 
 
-def test_fast_hash_collision_frequencies_approach_yoso_e():
+def test_fast_hash_collision_frequencies_approach_yoso_e(cpu_path):
     # Hadamard projections are only nearly Gaussian: allow a small bias, still require the 1/sqrt(m) shrinkage.
     errors = collision_errors(use_fast_hash=True)
     for num_hash, (rms, expected, bias) in errors.items():
@@ -152,16 +163,6 @@ def brute_force(query_mask, query_codes, key_mask, key_codes, value, query_weigh
     if query_weight is not None:
         collisions *= query_weight.astype(np.float64) @ key_weight.astype(np.float64).transpose(0, 2, 1)
     return collisions @ value.astype(np.float64)
-
-
-@pytest.fixture(params=["compiled", "numpy"])
-def cumulation_path(request, monkeypatch):
-    """Run a test on the compiled cumulation (where numba is installed) and on the NumPy one."""
-    if request.param == "numpy":
-        monkeypatch.setattr(lsh.cpu_kernels, "lsh_cumulation", lambda: None)
-    elif lsh.cpu_kernels.lsh_cumulation() is None:
-        pytest.skip("needs numba")
-    return request.param
 
 
 def cumulation_inputs(seed, code_len, batch=3, n_q=13, n_k=11, d_v=7, d_w=4, num_hash=5, dtype=np.float32,
@@ -184,7 +185,7 @@ def cumulation_inputs(seed, code_len, batch=3, n_q=13, n_k=11, d_v=7, d_w=4, num
 
 @pytest.mark.parametrize("code_len", [3, 5, 9])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_lsh_cumulation_matches_brute_force(code_len, dtype, cumulation_path):
+def test_lsh_cumulation_matches_brute_force(code_len, dtype, cpu_path):
     qm, qc, km, kc, v, _, _, cap = cumulation_inputs(code_len, code_len, dtype=dtype)
     out = lsh.lsh_cumulation(qm, qc, km.astype(bool), kc, v, cap)
     assert out.dtype == dtype and out.shape == (3, 13, 7)
@@ -195,7 +196,7 @@ def test_lsh_cumulation_matches_brute_force(code_len, dtype, cumulation_path):
 
 
 @pytest.mark.parametrize("n_k", [9, 40])
-def test_lsh_cumulation_table_by_code_or_by_present_code(n_k, cumulation_path):
+def test_lsh_cumulation_table_by_code_or_by_present_code(n_k, cpu_path):
     # capacity 16: 40 keys index the table by code directly, 9 keys give rows only to the codes they have
     qm, qc, km, kc, v, _, _, cap = cumulation_inputs(n_k, 4, n_k=n_k, few_codes=False)
     qc[:, :3] = kc[:, :3]  # some certain collisions beside the random ones
@@ -204,7 +205,7 @@ def test_lsh_cumulation_table_by_code_or_by_present_code(n_k, cumulation_path):
 
 
 @pytest.mark.parametrize("batch,n_q,n_k,d_v", [(0, 4, 5, 3), (2, 0, 5, 3), (2, 4, 0, 3), (2, 4, 5, 0)])
-def test_cumulations_of_empty_shapes_are_zeros(batch, n_q, n_k, d_v, cumulation_path):
+def test_cumulations_of_empty_shapes_are_zeros(batch, n_q, n_k, d_v, cpu_path):
     rng = np.random.default_rng(0)
     qc = rng.integers(0, 8, (batch, n_q, 3)).astype(np.int32)
     kc = rng.integers(0, 8, (batch, n_k, 3)).astype(np.int32)
@@ -224,7 +225,7 @@ def test_lsh_weighted_cumulation_matches_brute_force(code_len):
 
 
 @pytest.mark.parametrize("block_floats", [lsh.TABLE_BLOCK_FLOATS, 1])
-def test_cumulations_with_one_bucket_sparse_codes_and_small_blocks(monkeypatch, block_floats, cumulation_path):
+def test_cumulations_with_one_bucket_sparse_codes_and_small_blocks(monkeypatch, block_floats, cpu_path):
     # block_floats 1: one (row, hash) per cache block
     monkeypatch.setattr(lsh, "TABLE_BLOCK_FLOATS", block_floats)
     qm, qc, km, kc, v, qw, kw, cap = cumulation_inputs(7, 4)

@@ -126,3 +126,61 @@ def lsh_cumulation():
     njit = _njit()
     return None if njit is None else njit(_lsh_cumulation_loop)
 
+
+
+def _fast_hash_loop(x, keep, dmat, num_hash, hash_code_len, codes, block):
+    # the loop form of lsh.fast_hash, as the CUDA kernel computes it: per part p, y = H D3 H D2 H D1 x (x zero-
+    # padded to d), hash f = p * (d // L) + g takes bits g * L .. g * L + L - 1. Blocks of tokens are transposed
+    # into buf [d, block] so that every butterfly is a vector operation over tokens. Codes may differ from the
+    # NumPy twin's composed-matrix projections where a projection is at rounding level.
+    batch, n, dim = x.shape
+    num_part, d = dmat.shape[2], dmat.shape[3]
+    per_part = d // hash_code_len
+    buf = np.empty((d, block), dtype=np.float32)
+    xt = np.empty((dim, block), dtype=np.float32)
+    acc = np.empty(block, dtype=np.int32)
+    for b in range(batch):
+        for t0 in range(0, n, block):
+            tokens = min(block, n - t0)
+            for t in range(tokens):  # the block transposed once, not once per part
+                for j in range(dim):
+                    xt[j, t] = x[b, t0 + t, j]
+            for p in range(num_part):
+                for r in range(3):
+                    for j in range(d):  # D_r (D_1 on x itself)
+                        sign = dmat[b, r, p, j]
+                        if r > 0:
+                            for t in range(tokens):
+                                buf[j, t] *= sign
+                        elif j < dim:
+                            for t in range(tokens):
+                                buf[j, t] = xt[j, t] * sign
+                        else:
+                            buf[j, :tokens] = 0
+                    h = 1
+                    while h < d:  # H: butterflies of rows, each a vector over the block's tokens
+                        for i in range(0, d, 2 * h):
+                            for j in range(i, i + h):
+                                for t in range(tokens):
+                                    u, v = buf[j, t], buf[j + h, t]
+                                    buf[j, t], buf[j + h, t] = u + v, u - v
+                        h *= 2
+                for g in range(per_part):
+                    f = p * per_part + g
+                    if f >= num_hash:
+                        break
+                    acc[:tokens] = 0
+                    for i in range(hash_code_len):
+                        row = g * hash_code_len + i
+                        for t in range(tokens):
+                            acc[t] |= np.int32(buf[row, t] > 0) << i
+                    for t in range(tokens):
+                        codes[b, t0 + t, f] = acc[t] if keep[b, t0 + t] else 0
+
+
+@functools.lru_cache(maxsize=None)
+def fast_hash():
+    """``kernel(x [batch, n, dim] float32, keep [batch, n] bool, dmat [batch, 3, num_part, d] float32, num_hash,
+    hash_code_len, codes [batch, n, num_hash] int32, block)`` with dim <= d; None without numba."""
+    njit = _njit()
+    return None if njit is None else njit(_fast_hash_loop)

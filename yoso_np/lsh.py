@@ -19,6 +19,7 @@ from . import cpu_kernels
 from .backend import is_cupy_array
 
 MAX_HASH_CODE_LEN = 24  # codes are summed exactly in float32 (< 2**24) and stored in int32
+FAST_HASH_BLOCK_TOKENS = 128  # the compiled fast_hash transposes this many tokens at a time ([d, 128] floats in L1)
 
 
 # ---------------------------------------------------------------------------------------------- input checks
@@ -222,7 +223,22 @@ def fast_hash(mask, x, dmat, num_hash, hash_code_len):
         from .raw_kernels import fast_hash as kernels
         return kernels.fast_hash(keep.astype(xp.int32), xp.ascontiguousarray(x, dtype=xp.float32),
                                  xp.ascontiguousarray(dmat, dtype=xp.float32), num_hash, hash_code_len)
+    compiled = _compiled_fast_hash(x, keep, dmat, num_hash, hash_code_len)
+    if compiled is not None:
+        return compiled
     return _sign_codes(x, _fast_hash_projections(dmat, num_hash, hash_code_len), keep, num_hash, hash_code_len)
+
+
+def _compiled_fast_hash(x, keep, dmat, num_hash, hash_code_len):
+    """fast_hash by the compiled loop (cpu_kernels, the CUDA kernel's method) for float32 x, or None without numba.
+    Its codes differ from the composed-matrix ones only where a projection is at rounding level."""
+    kernel = cpu_kernels.fast_hash() if x.dtype == np.float32 else None
+    if kernel is None:
+        return None
+    codes = np.empty(x.shape[:2] + (num_hash,), dtype=np.int32)
+    kernel(np.ascontiguousarray(x), np.ascontiguousarray(keep), np.ascontiguousarray(dmat, dtype=np.float32),
+           num_hash, hash_code_len, codes, FAST_HASH_BLOCK_TOKENS)
+    return codes
 
 
 def gaussian_hash(mask, x, rmat, num_hash, hash_code_len):
@@ -282,11 +298,15 @@ def hash_with(query_mask, query, key_mask, key, matrices, *, num_hash, hash_code
         return (fast_hash(query_mask, query, matrices, num_hash, hash_code_len),
                 fast_hash(key_mask, key, matrices, num_hash, hash_code_len))
     _check_dmat(matrices, batch, padded, num_hash, hash_code_len)
+    query_keep = _check_mask("query_mask", query_mask, batch, query.shape[1])
+    key_keep = _check_mask("key_mask", key_mask, batch, key.shape[1])
+    compiled = [_compiled_fast_hash(x, keep, matrices, num_hash, hash_code_len)
+                for x, keep in ((query, query_keep), (key, key_keep))]
+    if compiled[0] is not None:
+        return tuple(compiled)
     projections = [r[:dim] for r in _fast_hash_projections(matrices, num_hash, hash_code_len)]
-    return (_sign_codes(query, projections, _check_mask("query_mask", query_mask, batch, query.shape[1]), num_hash,
-                        hash_code_len),
-            _sign_codes(key, projections, _check_mask("key_mask", key_mask, batch, key.shape[1]), num_hash,
-                        hash_code_len))
+    return (_sign_codes(query, projections, query_keep, num_hash, hash_code_len),
+            _sign_codes(key, projections, key_keep, num_hash, hash_code_len))
 
 
 # ---------------------------------------------------------------------------------------------- cumulation
