@@ -33,6 +33,9 @@ def run_case(case):
         def step():
             out, grads = model.forward_backward(input_ids=ids, attention_mask=mask, labels=labels, training=False)
             return {"loss": out.loss, "logits": out.logits, **{"grad:" + k: g for k, g in grads.items()}}
+
+        model.forward_backward(input_ids=ids[:, :8], attention_mask=mask[:, :8], labels=labels,
+                               training=False)  # numba's import and compiles: once a process
     else:
         import torch
 

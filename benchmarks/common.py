@@ -150,7 +150,7 @@ def machine_info():
                "unknown CPU")
     lines = [f"- CPU: {cpu}, {os.cpu_count()} logical cores ({len(os.sched_getaffinity(0))} usable)"]
     versions = []
-    for pkg in ("numpy", "torch", "transformers", "onnxruntime", "onnx"):
+    for pkg in ("numpy", "scipy", "numba", "torch", "transformers", "onnxruntime", "onnx"):
         try:
             versions.append(f"{pkg} {metadata.version(pkg)}")
         except metadata.PackageNotFoundError:
@@ -164,6 +164,9 @@ def machine_info():
         info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         blas = [f"{info['name']} {info['version']}"]
     lines.append("- NumPy BLAS: " + "; ".join(blas))
+    from yoso_np import cpu_kernels
+    compiled = cpu_kernels.collision_probability() is not None
+    lines.append("- yoso_np's compiled CPU loops (numba): " + ("on" if compiled else "off (NumPy passes)"))
     return "\n".join(lines)
 
 
