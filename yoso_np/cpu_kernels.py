@@ -1,9 +1,12 @@
-"""Compiled CPU loops (numba) for elementwise work that NumPy runs as many passes over memory.
+"""Compiled CPU loops (numba) for the work NumPy runs as many passes over memory or as scattered row operations.
 
-Optional: with numba installed (``pip install 'yoso_np[fast]'``) float32 NumPy inputs take these loops; without
-it, or with the environment variable YOSO_NP_NUMBA=0, the NumPy code they twin runs instead. Each loop does the
-float32 operations of its NumPy twin in the same order, so the two give bit-identical results
-(tests/test_cpu_kernels.py holds them side by side). numba is imported on first use, never by ``import yoso_np``.
+Optional: with numba installed (``pip install 'yoso_np[fast]'``) NumPy inputs take these loops (float32; the
+cumulation also float64); without it, or with the environment variable YOSO_NP_NUMBA=0, the NumPy code they twin
+runs instead, the code CuPy runs on a GPU. collision_probability, gelu and lsh_cumulation do their twin's float
+operations in the same order, so both give bit-identical results; fast_hash computes the projections by Hadamard
+butterflies as the CUDA kernel does, so its codes differ from the composed-matrix twin's only where a projection
+is at rounding level. tests/test_cpu_kernels.py and tests/test_lsh.py hold them side by side. numba is imported on
+first use, never by ``import yoso_np``.
 """
 import functools
 import math
