@@ -62,8 +62,7 @@ def _collision_probability_loop(s, tau, neg_poly_over_pi):
             square = square * square
             if tau & 16:
                 r = r * square
-        p = r
-        flat[i] = p
+        flat[i] = r
 
 
 @functools.lru_cache(maxsize=None)
