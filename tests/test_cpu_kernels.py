@@ -86,6 +86,25 @@ def test_compiled_lsh_cumulation_is_bit_identical_to_numpy(monkeypatch, dtype, n
     np.testing.assert_array_equal(compiled, expected)
 
 
+@numba_needed
+def test_compiles_without_a_writable_cache_location(monkeypatch):
+    from numba.core import caching
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])  # as on a read-only install with no home
+    caches = (cpu_kernels._njit, cpu_kernels.collision_probability)
+    for cached in caches:
+        cached.cache_clear()
+    try:
+        s = cosines((4, 5))
+        expected = s.copy()
+        attention.collision_probability(expected, 9, (np.empty_like(s), np.empty_like(s)))
+        cpu_kernels.collision_probability()(s, 9, attention._NEG_ACOS_POLY_OVER_PI_F32)
+        np.testing.assert_array_equal(s, expected)
+    finally:
+        monkeypatch.undo()
+        for cached in caches:
+            cached.cache_clear()
+
+
 def test_numba_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv("YOSO_NP_NUMBA", "0")
     caches = (cpu_kernels._njit, cpu_kernels.collision_probability, cpu_kernels.gelu, cpu_kernels.lsh_cumulation)

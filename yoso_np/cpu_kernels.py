@@ -17,7 +17,7 @@ import numpy as np
 
 @functools.lru_cache(maxsize=None)
 def _njit():
-    """numba.njit with our options, or None where numba is missing or switched off."""
+    """A function compiling a loop with numba, or None where numba is missing or switched off."""
     if os.environ.get("YOSO_NP_NUMBA", "1") == "0":
         return None
     try:
@@ -26,7 +26,15 @@ def _njit():
         return None
     # nogil: the caller's threads run in parallel; error_model numpy: x / 0 is inf as in NumPy, with no
     # ZeroDivisionError check to keep the loop from vectorising
-    return functools.partial(numba.njit, nogil=True, cache=True, error_model="numpy")
+    options = dict(nogil=True, error_model="numpy")
+
+    def compile_loop(fn):
+        try:
+            return numba.njit(cache=True, **options)(fn)  # compiled once per machine, kept on disk
+        except RuntimeError:  # no writable cache location (read-only install, no home): compile per process
+            return numba.njit(**options)(fn)
+
+    return compile_loop
 
 
 def _collision_probability_loop(s, tau, neg_poly_over_pi):
