@@ -107,9 +107,9 @@ def gelu():
 
 
 def _lsh_cumulation_loop(query_hash_code, key_hash_code, key_keep, value, table, out):
-    # the twin of lsh.lsh_cumulation's NumPy path before its final scaling: out[b, q] += sum over hashes f, in
-    # order, of table_f[code_qf], table_f[c] = the sum over kept keys k, in order, of value[b, k] with code c.
-    # table: [capacity, d_v] zeros; rows the keys touched are zeroed again after each hash.
+    # the twin of lsh._cumulate_by_tables: out[b, q] += sum over hashes f, in order, of table_f[code_qf], where
+    # table_f[c] = the sum over kept keys k, in order, of value[b, k] with code c. table: [capacity, d_v] zeros;
+    # the rows the keys touched are zeroed again after each hash.
     batch, n_q, num_hash = query_hash_code.shape
     n_k, d_v = value.shape[1:]
     for b in range(batch):

@@ -445,12 +445,21 @@ def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, 
     out = np.zeros((batch, n_q, d_v), dtype=value.dtype)
     compiled = cpu_kernels.lsh_cumulation() if value.dtype in (np.float32, np.float64) else None
     if compiled is not None and capacity <= max(n_k, COMPILED_TABLE_ROWS):
-        # the same sums in the same order, bit for bit, as the loop below; one [capacity, d_v] table
+        # the same sums in the same order, bit for bit, as _cumulate_by_tables; one [capacity, d_v] table
         compiled(query_hash_code, key_hash_code, key_keep, np.ascontiguousarray(value),
                  np.zeros((capacity, d_v), dtype=value.dtype), out)
-        out *= query_keep[:, :, None].astype(value.dtype) / num_hash
-        return out
-    for b in range(batch):
+    else:
+        _cumulate_by_tables(query_hash_code, key_hash_code, key_keep, value, capacity, out)
+    out *= query_keep[:, :, None].astype(value.dtype) / num_hash
+    return out
+
+
+def _cumulate_by_tables(query_hash_code, key_hash_code, key_keep, value, capacity, out):
+    """out[b, q] += sum_f table_f[code_qf], for blocks of hashes whose tables are about L2-sized: the tables by
+    _scatter_rows from the kept keys, read by a row gather per hash."""
+    num_hash = query_hash_code.shape[2]
+    n_k, d_v = value.shape[1:]
+    for b in range(value.shape[0]):
         kept = slice(None) if key_keep[b].all() else np.flatnonzero(key_keep[b])
         kept_value = value[b, kept]
         for _, hashes in _cache_sized_blocks(1, num_hash, min(n_k, capacity) * d_v):
@@ -459,8 +468,6 @@ def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, 
             table = _scatter_rows(key_rows, kept_value, table_rows)
             for rows in query_rows:
                 out[b] += np.take(table, rows, axis=0)
-    out *= query_keep[:, :, None].astype(value.dtype) / num_hash
-    return out
 
 
 def _table_rows(key_codes, query_codes, capacity):
