@@ -87,6 +87,27 @@ def test_compiled_lsh_cumulation_is_bit_identical_to_numpy(monkeypatch, dtype, n
 
 
 @numba_needed
+@pytest.mark.parametrize("n_k,code_len,d_w", [(300, 6, 7), (40, 9, 8)])
+def test_compiled_lsh_weighted_cumulation_matches_numpy(monkeypatch, n_k, code_len, d_w):
+    rng = np.random.default_rng(n_k + d_w)
+    batch, n_q, num_hash, d_v = 3, 250, 11, 19
+    query_codes = rng.integers(0, 2**code_len, (batch, n_q, num_hash)).astype(np.int32)
+    key_codes = rng.integers(0, 2**code_len, (batch, n_k, num_hash)).astype(np.int32)
+    query_codes[:, :30] = key_codes[:, :30]
+    query_mask, key_mask = rng.integers(0, 2, (batch, n_q)), rng.integers(0, 2, (batch, n_k))
+    key_mask[0] = 1
+    query_weight = rng.standard_normal((batch, n_q, d_w)).astype(np.float32)
+    key_weight = rng.standard_normal((batch, n_k, d_w)).astype(np.float32)
+    value = rng.standard_normal((batch, n_k, d_v)).astype(np.float32)
+    args = (query_mask, query_codes, query_weight, key_mask, key_codes, key_weight, value, 2**code_len)
+    compiled = lsh.lsh_weighted_cumulation(*args)
+    monkeypatch.setattr(cpu_kernels, "lsh_weighted_cumulation", lambda: None)
+    expected = lsh.lsh_weighted_cumulation(*args)
+    assert np.abs(expected).max() > 0.5
+    np.testing.assert_allclose(compiled, expected, rtol=1e-5, atol=1e-5)  # the same pairs summed in another order
+
+
+@numba_needed
 def test_compiles_without_a_writable_cache_location(monkeypatch):
     from numba.core import caching
     monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])  # as on a read-only install with no home
@@ -107,12 +128,14 @@ def test_compiles_without_a_writable_cache_location(monkeypatch):
 
 def test_numba_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv("YOSO_NP_NUMBA", "0")
-    caches = (cpu_kernels._njit, cpu_kernels.collision_probability, cpu_kernels.gelu, cpu_kernels.lsh_cumulation)
+    caches = (cpu_kernels._njit, cpu_kernels.collision_probability, cpu_kernels.gelu, cpu_kernels.lsh_cumulation,
+              cpu_kernels.lsh_weighted_cumulation, cpu_kernels.fast_hash)
     for cached in caches:
         cached.cache_clear()
     try:
         assert cpu_kernels.collision_probability() is None and cpu_kernels.gelu() is None
-        assert cpu_kernels.lsh_cumulation() is None
+        assert cpu_kernels.lsh_cumulation() is None and cpu_kernels.lsh_weighted_cumulation() is None
+        assert cpu_kernels.fast_hash() is None
         assert attention._compiled_weights(np, np.float32, 9) is None
         assert activations._float32_into("gelu") is activations._gelu_float32_into
     finally:

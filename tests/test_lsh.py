@@ -29,6 +29,7 @@ def cpu_path(request, monkeypatch):
     if request.param == "numpy":
         monkeypatch.setattr(lsh.cpu_kernels, "lsh_cumulation", lambda: None)
         monkeypatch.setattr(lsh.cpu_kernels, "fast_hash", lambda: None)
+        monkeypatch.setattr(lsh.cpu_kernels, "lsh_weighted_cumulation", lambda: None)
     elif lsh.cpu_kernels.lsh_cumulation() is None:
         pytest.skip("needs numba")
     return request.param
@@ -217,7 +218,7 @@ def test_cumulations_of_empty_shapes_are_zeros(batch, n_q, n_k, d_v, cpu_path):
 
 
 @pytest.mark.parametrize("code_len", [3, 5, 9])
-def test_lsh_weighted_cumulation_matches_brute_force(code_len):
+def test_lsh_weighted_cumulation_matches_brute_force(code_len, cpu_path):
     qm, qc, km, kc, v, qw, kw, cap = cumulation_inputs(code_len + 10, code_len)
     out = lsh.lsh_weighted_cumulation(qm.astype(bool), qc, qw, km, kc, kw, v, cap)
     assert out.dtype == np.float32 and out.shape == (3, 13, 7)

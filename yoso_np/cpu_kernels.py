@@ -5,7 +5,7 @@ cumulation also float64); without it, or with the environment variable YOSO_NP_N
 runs instead, the code CuPy runs on a GPU. collision_probability, gelu and lsh_cumulation do their twin's float
 operations in the same order, so both give bit-identical results; fast_hash computes the projections by Hadamard
 butterflies as the CUDA kernel does, so its codes differ from the composed-matrix twin's only where a projection
-is at rounding level. tests/test_cpu_kernels.py and tests/test_lsh.py hold them side by side. numba is imported on
+is at rounding level; lsh_weighted_cumulation sums the same pairs in another order (float32 rounding apart). tests/test_cpu_kernels.py and tests/test_lsh.py hold them side by side. numba is imported on
 first use, never by ``import yoso_np``.
 """
 import functools
@@ -138,6 +138,63 @@ def lsh_cumulation():
 
 
 
+def _lsh_weighted_cumulation_loop(query_hash_code, query_keep, query_weight, key_hash_code, key_keep, key_weight,
+                                  value, capacity, out):
+    # the loop form of lsh.lsh_weighted_cumulation before its division by m (float32): per hash, the kept keys'
+    # weights and values are counting-sorted by code, then every kept query walks its bucket, adding (qw . kw) v.
+    # The dot runs on four accumulators (numba keeps a single float sum sequential, hence scalar).
+    batch, n_q, num_hash = query_hash_code.shape
+    n_k, d_w, d_v = key_hash_code.shape[1], query_weight.shape[2], value.shape[2]
+    start = np.empty(capacity + 1, dtype=np.int64)
+    fill = np.empty(capacity, dtype=np.int64)
+    sorted_weight = np.empty((n_k, d_w), dtype=np.float32)
+    sorted_value = np.empty((n_k, d_v), dtype=np.float32)
+    zero = np.float32(0.0)
+    for b in range(batch):
+        for f in range(num_hash):
+            start[:] = 0
+            for k in range(n_k):
+                if key_keep[b, k]:
+                    start[key_hash_code[b, k, f] + 1] += 1
+            for code in range(capacity):
+                start[code + 1] += start[code]
+            fill[:] = start[:capacity]
+            for k in range(n_k):
+                if key_keep[b, k]:
+                    code = key_hash_code[b, k, f]
+                    slot = fill[code]
+                    fill[code] += 1
+                    for j in range(d_w):  # a bucket's keys side by side: sequential reads below
+                        sorted_weight[slot, j] = key_weight[b, k, j]
+                    for j in range(d_v):
+                        sorted_value[slot, j] = value[b, k, j]
+            for q in range(n_q):
+                if not query_keep[b, q]:
+                    continue
+                code = query_hash_code[b, q, f]
+                for slot in range(start[code], start[code + 1]):
+                    a0 = a1 = a2 = a3 = zero
+                    whole = d_w - d_w % 4
+                    for j in range(0, whole, 4):
+                        a0 += query_weight[b, q, j] * sorted_weight[slot, j]
+                        a1 += query_weight[b, q, j + 1] * sorted_weight[slot, j + 1]
+                        a2 += query_weight[b, q, j + 2] * sorted_weight[slot, j + 2]
+                        a3 += query_weight[b, q, j + 3] * sorted_weight[slot, j + 3]
+                    for j in range(whole, d_w):
+                        a0 += query_weight[b, q, j] * sorted_weight[slot, j]
+                    w = (a0 + a1) + (a2 + a3)
+                    for j in range(d_v):
+                        out[b, q, j] += w * sorted_value[slot, j]
+
+
+@functools.lru_cache(maxsize=None)
+def lsh_weighted_cumulation():
+    """``kernel(query_hash_code, query_keep, query_weight, key_hash_code, key_keep, key_weight, value, capacity,
+    out)`` for float32 arrays, see _lsh_weighted_cumulation_loop; None without numba."""
+    njit = _njit()
+    return None if njit is None else njit(_lsh_weighted_cumulation_loop)
+
+
 def _fast_hash_loop(x, keep, dmat, num_hash, hash_code_len, codes, block):
     # the loop form of lsh.fast_hash, as the CUDA kernel computes it: per part p, y = H D3 H D2 H D1 x (x zero-
     # padded to d), hash f = p * (d // L) + g takes bits g * L .. g * L + L - 1. Blocks of tokens are transposed
@@ -166,7 +223,8 @@ def _fast_hash_loop(x, keep, dmat, num_hash, hash_code_len, codes, block):
                             for t in range(tokens):
                                 buf[j, t] = xt[j, t] * sign
                         else:
-                            buf[j, :tokens] = 0
+                            for t in range(tokens):
+                                buf[j, t] = 0
                     h = 1
                     while h < d:  # H: butterflies of rows, each a vector over the block's tokens
                         for i in range(0, d, 2 * h):
@@ -179,7 +237,8 @@ def _fast_hash_loop(x, keep, dmat, num_hash, hash_code_len, codes, block):
                     f = p * per_part + g
                     if f >= num_hash:
                         break
-                    acc[:tokens] = 0
+                    for t in range(tokens):
+                        acc[t] = 0
                     for i in range(hash_code_len):
                         row = g * hash_code_len + i
                         for t in range(tokens):

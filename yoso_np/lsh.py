@@ -330,7 +330,7 @@ def _check_cumulation_inputs(query_mask, query_hash_code, key_mask, key_hash_cod
 
 
 TABLE_BLOCK_FLOATS = 2**18  # hash-table entries per block of (batch rows, hashes): about L2-sized
-COMPILED_TABLE_ROWS = 2**12  # the compiled cumulation (cpu_kernels) keeps one dense table of this many rows or n_k
+COMPILED_TABLE_ROWS = 2**12  # the compiled cumulations (cpu_kernels) index codes densely up to max(this, n_k)
 
 
 def _cache_sized_blocks(batch, num_hash, floats_per_table):
@@ -525,9 +525,15 @@ def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask,
     out = np.zeros((batch, n_q, d_v), dtype=dtype)
     if 0 in (n_q, n_k, d_v):
         return out
-    for rows, hashes in _cache_sized_blocks(batch, num_hash, n_q * max(d_v, d_w)):
-        buckets = _KeyBuckets(key_hash_code[rows, :, hashes], key_keep[rows], capacity)
-        out[rows] += buckets.weighted_pair_sums(query_hash_code[rows, :, hashes], query_keep[rows], query_weight[rows],
-                                                key_weight[rows], value[rows])
+    compiled = cpu_kernels.lsh_weighted_cumulation() if dtype == np.float32 else None
+    if compiled is not None and capacity <= max(n_k, COMPILED_TABLE_ROWS):
+        contiguous = np.ascontiguousarray
+        compiled(query_hash_code, query_keep, contiguous(query_weight), key_hash_code, key_keep, contiguous(key_weight),
+                 contiguous(value), capacity, out)
+    else:
+        for rows, hashes in _cache_sized_blocks(batch, num_hash, n_q * max(d_v, d_w)):
+            buckets = _KeyBuckets(key_hash_code[rows, :, hashes], key_keep[rows], capacity)
+            out[rows] += buckets.weighted_pair_sums(query_hash_code[rows, :, hashes], query_keep[rows],
+                                                    query_weight[rows], key_weight[rows], value[rows])
     out /= num_hash
     return out
