@@ -66,19 +66,26 @@ def test_compiled_gelu_is_bit_identical_to_numpy(monkeypatch):
     np.testing.assert_array_equal(y, activations.activation("gelu", x)[0])
 
 
-@numba_needed
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n_k,code_len", [(300, 6), (40, 9)])  # NumPy path: table by code / by present code
-def test_compiled_lsh_cumulation_is_bit_identical_to_numpy(monkeypatch, dtype, n_k, code_len):
-    rng = np.random.default_rng(n_k)
-    batch, n_q, num_hash, d_v = 3, 250, 11, 19
+def cumulation_case(seed, n_k, code_len, dtype=np.float32, batch=3, n_q=250, num_hash=11, d_v=19, d_w=8):
+    """Random masks, codes (the first 30 queries sharing their keys' codes), weights and values."""
+    rng = np.random.default_rng(seed)
     query_codes = rng.integers(0, 2**code_len, (batch, n_q, num_hash)).astype(np.int32)
     key_codes = rng.integers(0, 2**code_len, (batch, n_k, num_hash)).astype(np.int32)
     query_codes[:, :30] = key_codes[:, :30]
     query_mask, key_mask = rng.integers(0, 2, (batch, n_q)), rng.integers(0, 2, (batch, n_k))
     key_mask[0] = 1
     value = rng.standard_normal((batch, n_k, d_v)).astype(dtype)
-    args = (query_mask, query_codes, key_mask, key_codes, value, 2**code_len)
+    query_weight = rng.standard_normal((batch, n_q, d_w)).astype(dtype)
+    key_weight = rng.standard_normal((batch, n_k, d_w)).astype(dtype)
+    return query_mask, query_codes, query_weight, key_mask, key_codes, key_weight, value, 2**code_len
+
+
+@numba_needed
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_k,code_len", [(300, 6), (40, 9)])  # NumPy path: table by code / by present code
+def test_compiled_lsh_cumulation_is_bit_identical_to_numpy(monkeypatch, dtype, n_k, code_len):
+    query_mask, query_codes, _, key_mask, key_codes, _, value, capacity = cumulation_case(n_k, n_k, code_len, dtype)
+    args = (query_mask, query_codes, key_mask, key_codes, value, capacity)
     compiled = lsh.lsh_cumulation(*args)
     monkeypatch.setattr(cpu_kernels, "lsh_cumulation", lambda: None)
     expected = lsh.lsh_cumulation(*args)
@@ -89,17 +96,7 @@ def test_compiled_lsh_cumulation_is_bit_identical_to_numpy(monkeypatch, dtype, n
 @numba_needed
 @pytest.mark.parametrize("n_k,code_len,d_w", [(300, 6, 7), (40, 9, 8)])
 def test_compiled_lsh_weighted_cumulation_matches_numpy(monkeypatch, n_k, code_len, d_w):
-    rng = np.random.default_rng(n_k + d_w)
-    batch, n_q, num_hash, d_v = 3, 250, 11, 19
-    query_codes = rng.integers(0, 2**code_len, (batch, n_q, num_hash)).astype(np.int32)
-    key_codes = rng.integers(0, 2**code_len, (batch, n_k, num_hash)).astype(np.int32)
-    query_codes[:, :30] = key_codes[:, :30]
-    query_mask, key_mask = rng.integers(0, 2, (batch, n_q)), rng.integers(0, 2, (batch, n_k))
-    key_mask[0] = 1
-    query_weight = rng.standard_normal((batch, n_q, d_w)).astype(np.float32)
-    key_weight = rng.standard_normal((batch, n_k, d_w)).astype(np.float32)
-    value = rng.standard_normal((batch, n_k, d_v)).astype(np.float32)
-    args = (query_mask, query_codes, query_weight, key_mask, key_codes, key_weight, value, 2**code_len)
+    args = cumulation_case(n_k + d_w, n_k, code_len, d_w=d_w)
     compiled = lsh.lsh_weighted_cumulation(*args)
     monkeypatch.setattr(cpu_kernels, "lsh_weighted_cumulation", lambda: None)
     expected = lsh.lsh_weighted_cumulation(*args)
@@ -111,7 +108,7 @@ def test_compiled_lsh_weighted_cumulation_matches_numpy(monkeypatch, n_k, code_l
 def test_compiles_without_a_writable_cache_location(monkeypatch):
     from numba.core import caching
     monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])  # as on a read-only install with no home
-    caches = (cpu_kernels._njit, cpu_kernels.collision_probability)
+    caches = (cpu_kernels._njit, cpu_kernels._compiled)
     for cached in caches:
         cached.cache_clear()
     try:
@@ -128,8 +125,7 @@ def test_compiles_without_a_writable_cache_location(monkeypatch):
 
 def test_numba_switched_off_by_environment(monkeypatch):
     monkeypatch.setenv("YOSO_NP_NUMBA", "0")
-    caches = (cpu_kernels._njit, cpu_kernels.collision_probability, cpu_kernels.gelu, cpu_kernels.lsh_cumulation,
-              cpu_kernels.lsh_weighted_cumulation, cpu_kernels.fast_hash)
+    caches = (cpu_kernels._njit, cpu_kernels._compiled)
     for cached in caches:
         cached.cache_clear()
     try:

@@ -37,6 +37,13 @@ def _njit():
     return compile_loop
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled(loop):
+    """``loop`` compiled once per process (and cached on disk), or None where numba is missing or switched off."""
+    njit = _njit()
+    return None if njit is None else njit(loop)
+
+
 def _collision_probability_loop(s, tau, neg_poly_over_pi):
     # the twin of layers.attention.collision_probability for float32 (see there for the math), then power_inplace
     flat = s.reshape(-1)
@@ -73,12 +80,10 @@ def _collision_probability_loop(s, tau, neg_poly_over_pi):
         flat[i] = r
 
 
-@functools.lru_cache(maxsize=None)
 def collision_probability():
     """In place on a C-contiguous float32 array s: s <- (1 - arccos(s)/pi)**tau, called as
     ``kernel(s, tau, neg_poly_over_pi)`` (the float32 coefficients of layers.attention); None without numba."""
-    njit = _njit()
-    return None if njit is None else njit(_collision_probability_loop)
+    return _compiled(_collision_probability_loop)
 
 
 def _gelu_loop(x, out, tail_poly):
@@ -98,12 +103,10 @@ def _gelu_loop(x, out, tail_poly):
         outs[i] = (v if v > zero else zero) - (one / p) * a  # NaN in, NaN out through the tail as in NumPy
 
 
-@functools.lru_cache(maxsize=None)
 def gelu():
     """out <- gelu(x) for C-contiguous float32 arrays, called as ``kernel(x, out, tail_poly)`` (the float32
     coefficients of layers.activations); None without numba."""
-    njit = _njit()
-    return None if njit is None else njit(_gelu_loop)
+    return _compiled(_gelu_loop)
 
 
 def _lsh_cumulation_loop(query_hash_code, key_hash_code, key_keep, value, table, out):
@@ -129,13 +132,10 @@ def _lsh_cumulation_loop(query_hash_code, key_hash_code, key_keep, value, table,
                     table[row, j] = 0
 
 
-@functools.lru_cache(maxsize=None)
 def lsh_cumulation():
     """``kernel(query_hash_code, key_hash_code, key_keep, value, table, out)``, see _lsh_cumulation_loop; None
     without numba."""
-    njit = _njit()
-    return None if njit is None else njit(_lsh_cumulation_loop)
-
+    return _compiled(_lsh_cumulation_loop)
 
 
 def _lsh_weighted_cumulation_loop(query_hash_code, query_keep, query_weight, key_hash_code, key_keep, key_weight,
@@ -187,12 +187,10 @@ def _lsh_weighted_cumulation_loop(query_hash_code, query_keep, query_weight, key
                         out[b, q, j] += w * sorted_value[slot, j]
 
 
-@functools.lru_cache(maxsize=None)
 def lsh_weighted_cumulation():
     """``kernel(query_hash_code, query_keep, query_weight, key_hash_code, key_keep, key_weight, value, capacity,
     out)`` for float32 arrays, see _lsh_weighted_cumulation_loop; None without numba."""
-    njit = _njit()
-    return None if njit is None else njit(_lsh_weighted_cumulation_loop)
+    return _compiled(_lsh_weighted_cumulation_loop)
 
 
 def _fast_hash_loop(x, keep, dmat, num_hash, hash_code_len, codes, block):
@@ -247,9 +245,7 @@ def _fast_hash_loop(x, keep, dmat, num_hash, hash_code_len, codes, block):
                         codes[b, t0 + t, f] = acc[t] if keep[b, t0 + t] else 0
 
 
-@functools.lru_cache(maxsize=None)
 def fast_hash():
     """``kernel(x [batch, n, dim] float32, keep [batch, n] bool, dmat [batch, 3, num_part, d] float32, num_hash,
     hash_code_len, codes [batch, n, num_hash] int32, block)`` with dim <= d; None without numba."""
-    njit = _njit()
-    return None if njit is None else njit(_fast_hash_loop)
+    return _compiled(_fast_hash_loop)

@@ -333,6 +333,12 @@ TABLE_BLOCK_FLOATS = 2**18  # hash-table entries per block of (batch rows, hashe
 COMPILED_TABLE_ROWS = 2**12  # the compiled cumulations (cpu_kernels) index codes densely up to max(this, n_k)
 
 
+def _small_table(kernel, capacity, n_k):
+    """kernel, where its dense per-code arrays of ``capacity`` rows stay small, else None (the NumPy path then
+    indexes only the codes present)."""
+    return kernel if kernel is not None and capacity <= max(n_k, COMPILED_TABLE_ROWS) else None
+
+
 def _cache_sized_blocks(batch, num_hash, floats_per_table):
     """(rows, hashes) slices covering batch x num_hash in blocks whose tables hold ~TABLE_BLOCK_FLOATS floats."""
     floats_per_table = max(1, floats_per_table)  # no keys or zero-width values: any block size
@@ -443,8 +449,9 @@ def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, 
     batch, n_q, num_hash = query_hash_code.shape
     n_k, d_v = value.shape[1:]
     out = np.zeros((batch, n_q, d_v), dtype=value.dtype)
-    compiled = cpu_kernels.lsh_cumulation() if value.dtype in (np.float32, np.float64) else None
-    if compiled is not None and capacity <= max(n_k, COMPILED_TABLE_ROWS):
+    kernel = cpu_kernels.lsh_cumulation() if value.dtype in (np.float32, np.float64) else None
+    compiled = _small_table(kernel, capacity, n_k)
+    if compiled is not None:
         # the same sums in the same order, bit for bit, as _cumulate_by_tables; one [capacity, d_v] table
         compiled(query_hash_code, key_hash_code, key_keep, np.ascontiguousarray(value),
                  np.zeros((capacity, d_v), dtype=value.dtype), out)
@@ -525,8 +532,9 @@ def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask,
     out = np.zeros((batch, n_q, d_v), dtype=dtype)
     if 0 in (n_q, n_k, d_v):
         return out
-    compiled = cpu_kernels.lsh_weighted_cumulation() if dtype == np.float32 else None
-    if compiled is not None and capacity <= max(n_k, COMPILED_TABLE_ROWS):
+    kernel = cpu_kernels.lsh_weighted_cumulation() if dtype == np.float32 else None
+    compiled = _small_table(kernel, capacity, n_k)
+    if compiled is not None:
         contiguous = np.ascontiguousarray
         compiled(query_hash_code, query_keep, contiguous(query_weight), key_hash_code, key_keep, contiguous(key_weight),
                  contiguous(value), capacity, out)

@@ -326,6 +326,7 @@ def attention_backward(dout, cache, config):
         dq, dk, dv_att = sampling_cumulation_backward(g, q, k, v, hashes, config)
     else:
         dq, dk, dv_att = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
+
         def one_head(ij):
             dq[ij], dk[ij], dv_att[ij] = expectation_cumulation_backward(g[ij], q[ij], k[ij], v[ij], tau)
 
