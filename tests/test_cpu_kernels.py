@@ -4,6 +4,7 @@ import importlib
 import numpy as np
 import pytest
 
+from tests.test_lsh import cumulation_inputs
 from yoso_np import cpu_kernels, lsh
 
 attention = importlib.import_module("yoso_np.layers.attention")
@@ -66,18 +67,13 @@ def test_compiled_gelu_is_bit_identical_to_numpy(monkeypatch):
     np.testing.assert_array_equal(y, activations.activation("gelu", x)[0])
 
 
-def cumulation_case(seed, n_k, code_len, dtype=np.float32, batch=3, n_q=250, num_hash=11, d_v=19, d_w=8):
-    """Random masks, codes (the first 30 queries sharing their keys' codes), weights and values."""
-    rng = np.random.default_rng(seed)
-    query_codes = rng.integers(0, 2**code_len, (batch, n_q, num_hash)).astype(np.int32)
-    key_codes = rng.integers(0, 2**code_len, (batch, n_k, num_hash)).astype(np.int32)
-    query_codes[:, :30] = key_codes[:, :30]
-    query_mask, key_mask = rng.integers(0, 2, (batch, n_q)), rng.integers(0, 2, (batch, n_k))
-    key_mask[0] = 1
-    value = rng.standard_normal((batch, n_k, d_v)).astype(dtype)
-    query_weight = rng.standard_normal((batch, n_q, d_w)).astype(dtype)
-    key_weight = rng.standard_normal((batch, n_k, d_w)).astype(dtype)
-    return query_mask, query_codes, query_weight, key_mask, key_codes, key_weight, value, 2**code_len
+def cumulation_case(seed, n_k, code_len, dtype=np.float32, d_w=8):
+    """test_lsh's cumulation inputs, big enough for the twins' table layouts to differ; the first 30 queries share
+    their keys' codes. In the argument order of lsh_weighted_cumulation."""
+    qm, qc, km, kc, v, qw, kw, capacity = cumulation_inputs(seed, code_len, n_q=250, n_k=n_k, d_v=19, d_w=d_w,
+                                                             num_hash=11, dtype=dtype, few_codes=False)
+    qc[:, :30] = kc[:, :30]
+    return qm, qc, qw, km, kc, kw, v, capacity
 
 
 @numba_needed
