@@ -42,10 +42,11 @@ def test_hadamard_transform_is_multiplication_by_sylvester_matrix(dim):
     np.testing.assert_allclose(lsh.hadamard_transform(a), a @ sylvester(dim), atol=1e-12)
 
 
-@pytest.mark.parametrize("dim,num_hash,code_len", [(8, 5, 3), (32, 13, 4), (64, 20, 9), (64, 3, 1)])
-def test_fast_hash_matches_explicit_hadamard_transforms(dim, num_hash, code_len, cpu_path):
+@pytest.mark.parametrize("dim,num_hash,code_len,n", [(8, 5, 3, 7), (32, 13, 4, 150), (64, 20, 9, 7), (64, 3, 1, 7),
+                                                    (128, 20, 9, 150)])  # 150: blocks of tokens and a shorter last one
+def test_fast_hash_matches_explicit_hadamard_transforms(dim, num_hash, code_len, n, cpu_path):
     rng = np.random.default_rng(dim + num_hash)
-    batch, n = 2, 7
+    batch = 2
     x = rng.standard_normal((batch, n, dim)).astype(np.float32)
     mask = random_mask(rng, batch, n)
     dmat = lsh.draw_hash_matrices(rng, batch, dim, num_hash, code_len, use_fast_hash=True)

@@ -19,7 +19,6 @@ from . import cpu_kernels
 from .backend import is_cupy_array
 
 MAX_HASH_CODE_LEN = 24  # codes are summed exactly in float32 (< 2**24) and stored in int32
-FAST_HASH_BLOCK_TOKENS = 128  # the compiled fast_hash transposes this many tokens at a time ([d, 128] floats in L1)
 
 
 # ---------------------------------------------------------------------------------------------- input checks
@@ -231,14 +230,21 @@ def fast_hash(mask, x, dmat, num_hash, hash_code_len):
 
 def _compiled_fast_hash(x, keep, dmat, num_hash, hash_code_len):
     """fast_hash by the compiled loop (cpu_kernels, the CUDA kernel's method) for float32 x, or None without numba.
-    Its codes differ from the composed-matrix ones only where a projection is at rounding level."""
+    Its codes differ from the composed-matrix ones only where a projection is at rounding level. They come as a
+    [batch, n, num_hash] view of hash-major memory, the layout the compiled cumulations read."""
     kernel = cpu_kernels.fast_hash() if x.dtype == np.float32 else None
     if kernel is None:
         return None
-    codes = np.empty(x.shape[:2] + (num_hash,), dtype=np.int32)
-    kernel(np.ascontiguousarray(x), np.ascontiguousarray(keep), np.ascontiguousarray(dmat, dtype=np.float32),
-           num_hash, hash_code_len, codes, FAST_HASH_BLOCK_TOKENS)
-    return codes
+    codes = np.empty((x.shape[0], num_hash, x.shape[1]), dtype=np.int32)
+    contiguous = np.ascontiguousarray
+    kernel(contiguous(x), contiguous(keep), contiguous(dmat, dtype=np.float32), num_hash, hash_code_len, codes)
+    return codes.transpose(0, 2, 1)
+
+
+def _hash_major(codes):
+    """[batch, n, num_hash] codes as the compiled loops read them: [batch, num_hash, n], C-contiguous (no copy for
+    the compiled fast_hash's codes)."""
+    return np.ascontiguousarray(codes.transpose(0, 2, 1))
 
 
 def gaussian_hash(mask, x, rmat, num_hash, hash_code_len):
@@ -453,7 +459,7 @@ def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, 
     compiled = _small_table(kernel, capacity, n_k)
     if compiled is not None:
         # the same sums in the same order, bit for bit, as _cumulate_by_tables; one [capacity, d_v] table
-        compiled(query_hash_code, key_hash_code, key_keep, np.ascontiguousarray(value),
+        compiled(_hash_major(query_hash_code), _hash_major(key_hash_code), key_keep, np.ascontiguousarray(value),
                  np.zeros((capacity, d_v), dtype=value.dtype), out)
     else:
         _cumulate_by_tables(query_hash_code, key_hash_code, key_keep, value, capacity, out)
@@ -536,8 +542,8 @@ def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask,
     compiled = _small_table(kernel, capacity, n_k)
     if compiled is not None:
         contiguous = np.ascontiguousarray
-        compiled(query_hash_code, query_keep, contiguous(query_weight), key_hash_code, key_keep, contiguous(key_weight),
-                 contiguous(value), capacity, out)
+        compiled(_hash_major(query_hash_code), query_keep, contiguous(query_weight), _hash_major(key_hash_code),
+                 key_keep, contiguous(key_weight), contiguous(value), capacity, out)
     else:
         for rows, hashes in _cache_sized_blocks(batch, num_hash, n_q * max(d_v, d_w)):
             buckets = _KeyBuckets(key_hash_code[rows, :, hashes], key_keep[rows], capacity)
