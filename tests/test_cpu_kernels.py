@@ -100,40 +100,37 @@ def test_compiled_lsh_weighted_cumulation_matches_numpy(monkeypatch, n_k, code_l
     np.testing.assert_allclose(compiled, expected, rtol=1e-5, atol=1e-5)  # the same pairs summed in another order
 
 
+@pytest.fixture
+def fresh_kernels(monkeypatch):
+    """The kernels chosen and compiled anew under the test's patches; afterwards the patches undone, then the
+    kernels chosen anew again from the session's environment."""
+    caches = (cpu_kernels._njit, cpu_kernels._compiled)
+    for cached in caches:
+        cached.cache_clear()
+    yield
+    monkeypatch.undo()
+    for cached in caches:
+        cached.cache_clear()
+
+
 @numba_needed
-def test_compiles_without_a_writable_cache_location(monkeypatch):
+def test_compiles_without_a_writable_cache_location(monkeypatch, fresh_kernels):
     from numba.core import caching
     monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])  # as on a read-only install with no home
-    caches = (cpu_kernels._njit, cpu_kernels._compiled)
-    for cached in caches:
-        cached.cache_clear()
-    try:
-        s = cosines((4, 5))
-        expected = s.copy()
-        attention.collision_probability(expected, 9, (np.empty_like(s), np.empty_like(s)))
-        cpu_kernels.collision_probability()(s, 9, attention._NEG_ACOS_POLY_OVER_PI_F32)
-        np.testing.assert_array_equal(s, expected)
-    finally:
-        monkeypatch.undo()
-        for cached in caches:
-            cached.cache_clear()
+    s = cosines((4, 5))
+    expected = s.copy()
+    attention.collision_probability(expected, 9, (np.empty_like(s), np.empty_like(s)))
+    cpu_kernels.collision_probability()(s, 9, attention._NEG_ACOS_POLY_OVER_PI_F32)
+    np.testing.assert_array_equal(s, expected)
 
 
-def test_numba_switched_off_by_environment(monkeypatch):
+def test_numba_switched_off_by_environment(monkeypatch, fresh_kernels):
     monkeypatch.setenv("YOSO_NP_NUMBA", "0")
-    caches = (cpu_kernels._njit, cpu_kernels._compiled)
-    for cached in caches:
-        cached.cache_clear()
-    try:
-        assert cpu_kernels.collision_probability() is None and cpu_kernels.gelu() is None
-        assert cpu_kernels.lsh_cumulation() is None and cpu_kernels.lsh_weighted_cumulation() is None
-        assert cpu_kernels.fast_hash() is None
-        assert attention._compiled_weights(np, np.float32, 9) is None
-        assert activations._float32_into("gelu") is activations._gelu_float32_into
-    finally:
-        monkeypatch.undo()  # the environment as the session had it, then the kernels chosen anew from it
-        for cached in caches:
-            cached.cache_clear()
+    assert cpu_kernels.collision_probability() is None and cpu_kernels.gelu() is None
+    assert cpu_kernels.lsh_cumulation() is None and cpu_kernels.lsh_weighted_cumulation() is None
+    assert cpu_kernels.fast_hash() is None
+    assert attention._compiled_weights(np, np.float32, 9) is None
+    assert activations._float32_into("gelu") is activations._gelu_float32_into
 
 
 def test_only_float32_numpy_weights_are_compiled():
