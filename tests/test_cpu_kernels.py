@@ -9,6 +9,7 @@ from yoso_np import cpu_kernels, lsh
 
 attention = importlib.import_module("yoso_np.layers.attention")
 activations = importlib.import_module("yoso_np.layers.activations")
+norm = importlib.import_module("yoso_np.layers.norm")
 numba_needed = pytest.mark.skipif(cpu_kernels.collision_probability() is None,
                                   reason="needs numba (and not YOSO_NP_NUMBA=0)")
 
@@ -65,6 +66,26 @@ def test_compiled_gelu_is_bit_identical_to_numpy(monkeypatch):
     y, _ = activations.activation("gelu", x)
     monkeypatch.setattr(activations, "_float32_into", lambda name: activations._INPLACE_FLOAT32[name])
     np.testing.assert_array_equal(y, activations.activation("gelu", x)[0])
+
+
+@numba_needed
+@pytest.mark.parametrize("shape", [(2, 3, 13), (2, 700, 768)])  # a remainder past the 8 accumulators; threaded rows
+def test_compiled_layer_norm_matches_numpy(monkeypatch, shape):
+    rng = np.random.default_rng(4)
+    x = (3 + 2 * rng.standard_normal(shape)).astype(np.float32)
+    x[0, 0] = 7.0  # a constant row: variance 0, output = bias
+    p = {"weight": rng.standard_normal(shape[-1]).astype(np.float32),
+         "bias": rng.standard_normal(shape[-1]).astype(np.float32)}
+    y, (_, cached_x, mean, rstd) = norm.layer_norm(p, x, 1e-5)
+    monkeypatch.setattr(cpu_kernels, "layer_norm", lambda: None)
+    y_np, (_, _, mean_np, rstd_np) = norm.layer_norm(p, x, 1e-5)
+    assert cached_x is x and y.shape == y_np.shape and mean.shape == rstd.shape == rstd_np.shape == shape[:-1] + (1,)
+    assert y.dtype == mean.dtype == rstd.dtype == np.float32
+    # only the order of the two sums differs: a few float32 ulps
+    np.testing.assert_allclose(mean, mean_np, rtol=1e-6)
+    np.testing.assert_allclose(rstd, rstd_np, rtol=2e-6)
+    np.testing.assert_allclose(y, y_np, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y[0, 0], p["bias"])
 
 
 def cumulation_case(seed, n_k, code_len, dtype=np.float32, d_w=8):
@@ -128,7 +149,7 @@ def test_numba_switched_off_by_environment(monkeypatch, fresh_kernels):
     monkeypatch.setenv("YOSO_NP_NUMBA", "0")
     assert cpu_kernels.collision_probability() is None and cpu_kernels.gelu() is None
     assert cpu_kernels.lsh_cumulation() is None and cpu_kernels.lsh_weighted_cumulation() is None
-    assert cpu_kernels.fast_hash() is None
+    assert cpu_kernels.fast_hash() is None and cpu_kernels.layer_norm() is None
     assert attention._compiled_weights(np, np.float32, 9) is None
     assert activations._float32_into("gelu") is activations._gelu_float32_into
 

@@ -5,7 +5,7 @@ cumulation also float64); without it, or with the environment variable YOSO_NP_N
 runs instead, the code CuPy runs on a GPU. collision_probability, gelu and lsh_cumulation do their twin's float
 operations in the same order, so both give bit-identical results; fast_hash computes the projections by Hadamard
 butterflies as the CUDA kernel does, so its codes differ from the composed-matrix twin's only where a projection
-is at rounding level; lsh_weighted_cumulation sums the same pairs in another order (float32 rounding apart).
+is at rounding level; lsh_weighted_cumulation and layer_norm sum in another order (float32 rounding apart).
 tests/test_cpu_kernels.py and tests/test_lsh.py hold them side by side. The LSH loops keep hash codes hash-major,
 [batch, num_hash, n]. numba is imported on first use, never by ``import yoso_np``.
 """
@@ -108,6 +108,57 @@ def gelu():
     """out <- gelu(x) for C-contiguous float32 arrays, called as ``kernel(x, out, tail_poly)`` (the float32
     coefficients of layers.activations); None without numba."""
     return _compiled(_gelu_loop)
+
+
+def _layer_norm_loop(x, weight, bias, eps, out, mean, rstd):
+    # the loop form of layers.norm.layer_norm on float32 rows (x, out: [rows, h]; mean, rstd: [rows, 1]): the same
+    # two passes (the mean, then the mean square of x - mean) and the same float32 operations per element; only the
+    # two sums' order differs (eight accumulators, which the compiler can keep in one vector). Each row is read from
+    # memory once and only the output written: the loop is bound by memory bandwidth.
+    rows, h = x.shape
+    whole = h - h % 8
+    zero = np.float32(0.0)
+    for r in range(rows):
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
+        for j in range(0, whole, 8):
+            a0 += x[r, j]
+            a1 += x[r, j + 1]
+            a2 += x[r, j + 2]
+            a3 += x[r, j + 3]
+            a4 += x[r, j + 4]
+            a5 += x[r, j + 5]
+            a6 += x[r, j + 6]
+            a7 += x[r, j + 7]
+        for j in range(whole, h):
+            a0 += x[r, j]
+        m = (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))) / np.float32(h)
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
+        for j in range(0, whole, 8):
+            d0, d1, d2, d3 = x[r, j] - m, x[r, j + 1] - m, x[r, j + 2] - m, x[r, j + 3] - m
+            d4, d5, d6, d7 = x[r, j + 4] - m, x[r, j + 5] - m, x[r, j + 6] - m, x[r, j + 7] - m
+            a0 += d0 * d0
+            a1 += d1 * d1
+            a2 += d2 * d2
+            a3 += d3 * d3
+            a4 += d4 * d4
+            a5 += d5 * d5
+            a6 += d6 * d6
+            a7 += d7 * d7
+        for j in range(whole, h):
+            d = x[r, j] - m
+            a0 += d * d
+        var = (((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))) / np.float32(h)
+        s = np.float32(1.0) / np.sqrt(var + eps)
+        mean[r, 0] = m
+        rstd[r, 0] = s
+        for j in range(h):
+            out[r, j] = ((x[r, j] - m) * s) * weight[j] + bias[j]
+
+
+def layer_norm():
+    """``kernel(x, weight, bias, eps, out, mean, rstd)`` for C-contiguous float32 rows, see _layer_norm_loop; None
+    without numba."""
+    return _compiled(_layer_norm_loop)
 
 
 def _lsh_cumulation_loop(query_hash_code, key_hash_code, key_keep, value, table, out):

@@ -1,22 +1,57 @@
-"""LayerNorm over the last axis (biased variance, eps inside the square root, as torch.nn.LayerNorm)."""
-from ..backend import array_module
+"""LayerNorm over the last axis (biased variance, eps inside the square root, as torch.nn.LayerNorm).
+The cache keeps the input itself with each row's mean and 1/std, not the normalised input: a forward then writes
+only its output (the compiled loop reads each row once), and the backward recomputes xhat with the same operations.
+"""
+import numpy as np
+
+from .. import cpu_kernels
+from ..backend import array_module, cpu_threads, parallel_map
+
+# rows * hidden at which the compiled LayerNorm shares its rows out to all cores (n = 1024 at hidden 768)
+PARALLEL_MIN_ELEMENTS = 1 << 19
 
 
 def layer_norm(p, x, eps):
-    """p: {"weight": (h,), "bias": (h,)}; x: (..., h)."""
+    """p: {"weight": (h,), "bias": (h,)}; x: (..., h), which the cache keeps (do not modify it before the backward)."""
     xp = array_module(x)
-    xhat = x - x.mean(axis=-1, keepdims=True)
+    if (xp is np and x.dtype == p["weight"].dtype == p["bias"].dtype == np.float32
+            and cpu_kernels.layer_norm() is not None):
+        return _compiled_layer_norm(p, x, eps)
+    mean = x.mean(axis=-1, keepdims=True)
+    xhat = x - mean
     # the sum of squares by einsum: one pass and no temporary (1.8x faster than (xc * xc).mean at (4096, 768))
     var = xp.einsum("...i,...i->...", xhat, xhat)[..., None] / x.shape[-1]
     rstd = 1.0 / xp.sqrt(var + eps)
     xhat *= rstd
     y = xhat * p["weight"]
     y += p["bias"]
-    return y, (p, xhat, rstd)
+    return y, (p, x, mean, rstd)
+
+
+def _compiled_layer_norm(p, x, eps):
+    """The NumPy path's results from one read of each row (cpu_kernels.layer_norm), rows on all cores when there are
+    many; only the order of the mean's and variance's sums differs. At (4096, 768): 2x faster."""
+    kernel = cpu_kernels.layer_norm()
+    rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    y = np.empty_like(rows)
+    mean, rstd = np.empty((2, rows.shape[0], 1), dtype=np.float32)
+    weight, bias, eps = np.ascontiguousarray(p["weight"]), np.ascontiguousarray(p["bias"]), np.float32(eps)
+    parts = min(cpu_threads(), rows.shape[0]) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
+    bounds = np.linspace(0, rows.shape[0], parts + 1).astype(int)
+
+    def run(i):
+        r = slice(bounds[i], bounds[i + 1])
+        kernel(rows[r], weight, bias, eps, y[r], mean[r], rstd[r])
+
+    parallel_map(run, range(parts), np, calls_blas=False)
+    stats_shape = x.shape[:-1] + (1,)
+    return y.reshape(x.shape), (p, x, mean.reshape(stats_shape), rstd.reshape(stats_shape))
 
 
 def layer_norm_backward(dy, cache):
-    p, xhat, rstd = cache
+    p, x, mean, rstd = cache
+    xhat = x - mean
+    xhat *= rstd
     h = xhat.shape[-1]
     lead = tuple(range(dy.ndim - 1))
     grads = {"weight": (dy * xhat).sum(axis=lead), "bias": dy.sum(axis=lead)}
