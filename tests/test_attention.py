@@ -62,32 +62,3 @@ def test_sampling_does_not_depend_on_how_the_rows_are_split(monkeypatch):
         np.testing.assert_array_equal(out, results[0][0])
         np.testing.assert_array_equal(q_codes, results[0][1])
         np.testing.assert_array_equal(k_codes, results[0][2])
-
-
-@pytest.mark.parametrize("use_expectation", [True, False])
-def test_a_long_input_on_yoso_nps_threads_matches_the_short_input_path(monkeypatch, use_expectation):
-    """2 x 600 tokens reach backend.OWN_THREADS_MIN_TOKENS: the products split over threads, YOSO-E's heads in runs
-    on them. The same layer with the threshold out of reach (BLAS alone, heads in turn) agrees to float rounding."""
-    from yoso_np import YosoConfig
-    from yoso_np.layers.encoder import encoder_layer
-    linear = importlib.import_module("yoso_np.layers.linear")
-
-    config = YosoConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, use_expectation=use_expectation,
-                        num_hash=4)
-    rng = np.random.default_rng(2)
-    shapes = {"attention.self.query.": (32, 32), "attention.self.key.": (32, 32), "attention.self.value.": (32, 32),
-              "attention.output.dense.": (32, 32), "intermediate.dense.": (64, 32), "output.dense.": (32, 64)}
-    p = {}
-    for prefix, shape in shapes.items():
-        p[prefix + "weight"] = (rng.standard_normal(shape) / 6).astype(np.float32)
-        p[prefix + "bias"] = rng.standard_normal(shape[0]).astype(np.float32)
-    for prefix in ("attention.output.LayerNorm.", "output.LayerNorm."):
-        p[prefix + "weight"], p[prefix + "bias"] = np.ones(32, np.float32), np.zeros(32, np.float32)
-    x = rng.standard_normal((2, 600, 32)).astype(np.float32)
-    mask = np.ones((2, 600), np.float32)
-    mask[1, 500:] = 0
-    threaded = encoder_layer(p, x, mask, config, rng=np.random.default_rng(3))[0]
-    for module in (linear, attention):
-        monkeypatch.setattr(module, "OWN_THREADS_MIN_TOKENS", 1 << 40)
-    alone = encoder_layer(p, x, mask, config, rng=np.random.default_rng(3))[0]
-    np.testing.assert_allclose(threaded, alone, rtol=1e-4, atol=1e-5)
