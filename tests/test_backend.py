@@ -1,12 +1,10 @@
-"""backend helpers: parallel_map keeps order and the caller's floating-point error state in its threads; matmul's
-split products are the whole product."""
+"""backend helpers: parallel_map keeps order and the caller's floating-point error state in its threads."""
 import warnings
 
 import numpy as np
 import pytest
 
-from yoso_np import backend
-from yoso_np.backend import matmul, parallel_map, scatter_add_rows
+from yoso_np.backend import parallel_map, scatter_add_rows
 
 
 def overflow(i):
@@ -47,17 +45,3 @@ def test_parallel_map_called_from_its_own_workers_runs_in_place():
     caller.start()
     caller.join(timeout=60)
     assert result == [[6 * i for i in range(6)]], "nested parallel_map deadlocked"
-
-
-@pytest.mark.parametrize("threads", [2, 3])
-def test_matmul_split_over_threads_is_the_whole_product(monkeypatch, threads):
-    """Split by a's rows (tall a), by b's columns (wide b, e.g. the LM head on a short input), with a bias, on a
-    transposed view (the weight gradient dy.T @ x). Integer-valued floats make every summation order exact."""
-    monkeypatch.setattr(backend, "cpu_threads", lambda: threads)
-    rng = np.random.default_rng(0)
-    ints = lambda *shape: rng.integers(-8, 9, shape).astype(np.float64)
-    for a, b in ((ints(37, 5), ints(5, 4)), (ints(3, 6), ints(6, 41)), (ints(11, 7).T, ints(11, 9))):
-        bias = ints(b.shape[1])
-        np.testing.assert_array_equal(matmul(a, b), a @ b)
-        np.testing.assert_array_equal(matmul(a, b, bias), a @ b + bias)
-        np.testing.assert_array_equal(matmul(a, b, bias, split=False), a @ b + bias)

@@ -94,48 +94,6 @@ def parallel_map(fn, items, xp, calls_blas=True):
         return list(_POOL.map(call, items))
 
 
-# inputs of at least this many tokens (batch x n) run their products and per-head work on yoso_np's threads, each
-# with a single-threaded BLAS; shorter ones leave the threading of their products to BLAS. Our pool's dispatch costs
-# 0.15-0.8 ms, which the products of a short input do not repay, and mixing the two within one forward was worst of
-# all (1.3-1.5x slower at n = 128-512: every switch finds BLAS's workers asleep).
-OWN_THREADS_MIN_TOKENS = 1024
-
-
-def matmul(a, b, bias=None, split=True):
-    """a @ b (+ bias, a row added to every row) for 2-D a and b. On NumPy with split, the larger of a's rows and
-    b's columns is split over the pool's threads, each running a single-threaded BLAS, instead of BLAS threading
-    the product itself: OpenBLAS's workers spin for ~0.1 s after every call (its THREAD_TIMEOUT, 2**28 cycles),
-    and in that window they took a core from the threaded attention after the projections. At n = 4096 the whole
-    model's sampling attention took 1.15 s with the products split against 1.53 s, while the split products ran
-    3-7% slower than BLAS's own threading (each thread packs all of b); whole forwards of 1024 and 2048 tokens took
-    0.88-0.94x the time, both attention modes. Results differ from an unsplit product's by float rounding only."""
-    xp = array_module(a, b)
-    rows, cols = a.shape[0], b.shape[1]
-    parts = min(cpu_threads(), max(rows, cols))
-    if xp is not np or parts < 2 or not split:
-        out = a @ b
-        if bias is not None:
-            out += bias
-        return out
-    out = np.empty((rows, cols), dtype=np.result_type(a, b))
-    by_rows = rows >= cols
-    bounds = np.linspace(0, rows if by_rows else cols, parts + 1).astype(int)
-
-    def product(i):
-        part = slice(bounds[i], bounds[i + 1])
-        if by_rows:
-            np.matmul(a[part], b, out=out[part])
-            if bias is not None:
-                out[part] += bias
-        else:
-            np.matmul(a, b[:, part], out=out[:, part])
-            if bias is not None:
-                out[:, part] += bias[part]
-
-    parallel_map(product, range(parts), np)
-    return out
-
-
 _BLAS_CONTROLLER = None
 
 

@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from .. import cpu_kernels, lsh
-from ..backend import OWN_THREADS_MIN_TOKENS, array_module, cpu_threads, parallel_map
+from ..backend import array_module, cpu_threads, parallel_map
 from .linear import linear, linear_backward
 from .params import add_prefix, sub
 
@@ -152,17 +152,17 @@ def depthwise_conv(v, weight):
     return out
 
 
+PARALLEL_MIN_ELEMENTS = 1 << 20  # a head's n x n weights worth a thread of its own (n >= 1024)
+
+
 def for_each_head(fn, q):
-    """fn((batch, head)) for every head of q (batch, heads, n, d); on CPU threads, in runs of heads (four a thread),
-    for inputs long enough to run on yoso_np's threads (backend.OWN_THREADS_MIN_TOKENS)."""
+    """fn((batch, head)) for every head of q (batch, heads, n, d), on CPU threads when n is large."""
     heads = list(np.ndindex(q.shape[:2]))
-    if q.shape[0] * q.shape[2] < OWN_THREADS_MIN_TOKENS:
+    if q.shape[2] ** 2 >= PARALLEL_MIN_ELEMENTS:
+        parallel_map(fn, heads, array_module(q))
+    else:
         for ij in heads:
             fn(ij)
-        return
-    bounds = np.linspace(0, len(heads), min(len(heads), 4 * cpu_threads()) + 1).astype(int)
-    parallel_map(lambda i: [fn(ij) for ij in heads[bounds[i]:bounds[i + 1]]], range(len(bounds) - 1),
-                 array_module(q))
 
 
 def split_heads(x, heads):
