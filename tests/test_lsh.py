@@ -42,7 +42,8 @@ def test_hadamard_transform_is_multiplication_by_sylvester_matrix(dim):
     np.testing.assert_allclose(lsh.hadamard_transform(a), a @ sylvester(dim), atol=1e-12)
 
 
-@pytest.mark.parametrize("dim,num_hash,code_len,n", [(8, 5, 3, 7), (32, 13, 4, 150), (64, 20, 9, 7), (64, 3, 1, 7),
+@pytest.mark.parametrize("dim,num_hash,code_len,n", [(1, 2, 1, 7), (2, 3, 1, 7), (4, 5, 2, 7), (8, 5, 3, 7),
+                                                    (16, 5, 4, 150), (32, 13, 4, 150), (64, 20, 9, 7), (64, 3, 1, 7),
                                                     (128, 20, 9, 150)])  # 150: blocks of tokens and a shorter last one
 def test_fast_hash_matches_explicit_hadamard_transforms(dim, num_hash, code_len, n, cpu_path):
     rng = np.random.default_rng(dim + num_hash)

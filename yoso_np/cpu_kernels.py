@@ -285,23 +285,35 @@ def _fast_hash_loop(x, keep, dmat, num_hash, hash_code_len, codes):
                 kept[t] = np.int32(-1) if keep[b, t0 + t] else np.int32(0)
             for p in range(num_part):
                 for r in range(3):
-                    for j in range(d):  # D_r (D_1 on the block itself)
-                        sign = dmat[b, r, p, j]
-                        if r == 0:
-                            for t in range(block):
-                                buf[j, t] = xt[j, t] * sign
-                        else:
-                            for t in range(block):
-                                buf[j, t] *= sign
+                    # D_r: D_1 on the block itself; D_2 and D_3 as the first butterfly pass loads its rows (1.1x
+                    # faster than a pass of their own), unless d < 4 leaves no such pass
+                    signs_in_pass = r > 0 and d >= 4
+                    if not signs_in_pass:
+                        for j in range(d):
+                            sign = dmat[b, r, p, j]
+                            if r == 0:
+                                for t in range(block):
+                                    buf[j, t] = xt[j, t] * sign
+                            else:
+                                for t in range(block):
+                                    buf[j, t] *= sign
                     h = 1
                     while 4 * h <= d:  # stages h and 2h on rows j, j + h, j + 2h, j + 3h
                         for i in range(0, d, 4 * h):
                             for j in range(i, i + h):
                                 r0, r1, r2, r3 = buf[j], buf[j + h], buf[j + 2 * h], buf[j + 3 * h]
-                                for t in range(block):
-                                    a0, a1, a2, a3 = r0[t], r1[t], r2[t], r3[t]
-                                    b0, b1, b2, b3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3
-                                    r0[t], r1[t], r2[t], r3[t] = b0 + b2, b1 + b3, b0 - b2, b1 - b3
+                                if h == 1 and signs_in_pass:
+                                    s0, s1, s2, s3 = dmat[b, r, p, j], dmat[b, r, p, j + 1], dmat[b, r, p, j + 2], \
+                                        dmat[b, r, p, j + 3]
+                                    for t in range(block):
+                                        a0, a1, a2, a3 = r0[t] * s0, r1[t] * s1, r2[t] * s2, r3[t] * s3
+                                        b0, b1, b2, b3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3
+                                        r0[t], r1[t], r2[t], r3[t] = b0 + b2, b1 + b3, b0 - b2, b1 - b3
+                                else:
+                                    for t in range(block):
+                                        a0, a1, a2, a3 = r0[t], r1[t], r2[t], r3[t]
+                                        b0, b1, b2, b3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3
+                                        r0[t], r1[t], r2[t], r3[t] = b0 + b2, b1 + b3, b0 - b2, b1 - b3
                         h *= 4
                     if h < d:  # an odd number of stages: the last one alone
                         for j in range(h):
