@@ -2,6 +2,8 @@
 
     python benchmarks/bench_inference.py                                  # n = 512, 1024, 4096, all impls
     python benchmarks/bench_inference.py --layers 1 --lengths 128 --repeats 1   # smoke test
+    python benchmarks/bench_inference.py --impl yoso_np,yoso_np_sampling,floor --lengths 4096 --rounds 3
+                                                 # with the floor under the sampling mode's time (see PROBES)
 
 Each (impl, n) runs in a fresh process: time, peak extra memory of one forward, and the output is compared
 with torch's. See benchmarks/README.md.
@@ -19,6 +21,10 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]  # common.py, and this checkout's y
 import common  # noqa: E402
 
 IMPLS = ("yoso_np", "torch", "onnx", "yoso_np_sampling")
+# a probe, run only when --impl names it: the sampling forward with its attention kernels skipped (the hashing and
+# cumulation return zeros). Every other part of the forward runs, so no sampling attention can take the whole model
+# below this time: the floor under yoso_np_sampling's ratio to yoso_np.
+PROBES = ("floor",)
 
 
 def config_for(layers, sampling=False):
@@ -70,8 +76,10 @@ def run_case(case):
     else:
         import yoso_np
 
-        config = config_for(case["layers"], sampling=impl == "yoso_np_sampling")
+        config = config_for(case["layers"], sampling=impl in ("yoso_np_sampling", "floor"))
         model = yoso_np.YosoModel(config, seed=common.SEED)
+        if impl == "floor":
+            skip_sampling_attention()
         if impl == "torch":
             import torch
 
@@ -88,7 +96,17 @@ def run_case(case):
 
             model(input_ids=ids[:, :8], attention_mask=mask[:, :8], rng=0)  # numba's import and compiles: once a process
     out, stats = common.measure(forward, case["repeats"], f"{impl} n={n}")
-    return {"last_hidden_state": out}, stats
+    return ({} if impl == "floor" else {"last_hidden_state": out}), stats  # the floor's output means nothing
+
+
+def skip_sampling_attention():
+    """The floor probe: sampling attention (hashing and cumulation of every head) replaced by zeros."""
+    import importlib
+
+    import numpy as np
+
+    attention = importlib.import_module("yoso_np.layers.attention")  # the module, not the function of that name
+    attention.sampling_cumulation = lambda q, k, v, mask, config, rng: (np.zeros_like(v), None)
 
 
 def main():
@@ -102,7 +120,7 @@ def main():
     args = parser.parse_args()
     if args.export_onnx:
         return export_onnx(args.layers)
-    impls = common.chosen_impls(parser, args, IMPLS)
+    impls = common.chosen_impls(parser, args, IMPLS + PROBES)
     lengths = [int(n) for n in args.lengths.split(",")]
 
     path = onnx_path(args.layers)

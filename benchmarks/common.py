@@ -140,9 +140,9 @@ def worker_main(run_case):
 
 
 def max_abs_diff(path, ref_path):
-    """Largest |a - b| over every array the two .npz files share."""
+    """Largest |a - b| over every array the two .npz files share; None when they share none."""
     with np.load(path) as a, np.load(ref_path) as b:
-        return max(float(np.max(np.abs(a[k] - b[k]))) for k in b.files if k in a.files)
+        return max((float(np.max(np.abs(a[k] - b[k]))) for k in b.files if k in a.files), default=None)
 
 
 def machine_info():
@@ -195,6 +195,9 @@ def markdown_table(rows, size_header, diff_header):
         if impl == "yoso_np_sampling" and ("yoso_np", size) in by_impl:
             notes.append(f"- {size_header} {size}: yoso_np_sampling takes {r['time'] / by_impl['yoso_np', size]['time']:.2f}"
                          f" of yoso_np's (expectation) time")
+        if impl == "floor" and ("yoso_np", size) in by_impl:
+            notes.append(f"- {size_header} {size}: the floor (the sampling forward less its attention kernels) takes "
+                         f"{r['time'] / by_impl['yoso_np', size]['time']:.2f} of yoso_np's time")
     return "\n".join(out + ([""] + notes if notes else []))
 
 
