@@ -1,5 +1,7 @@
 """The compiled CPU loops of yoso_np.cpu_kernels against their NumPy twins: bit-identical results."""
 import importlib
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +145,38 @@ def test_compiles_without_a_writable_cache_location(monkeypatch, fresh_kernels):
     attention.collision_probability(expected, 9, (np.empty_like(s), np.empty_like(s)))
     cpu_kernels.collision_probability()(s, 9, attention._NEG_ACOS_POLY_OVER_PI_F32)
     np.testing.assert_array_equal(s, expected)
+
+
+def _cache_probe_loop(x):  # a loop only the cache tests compile
+    for i in range(x.size):
+        x[i] += 1.0
+
+
+@numba_needed
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="numba's user cache folder follows XDG on Linux")
+def test_compiled_loops_are_cached_outside_the_package(monkeypatch, tmp_path):
+    # beside the source, the cache would outlive a pip uninstall and shadow a later editable install
+    import numba
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(numba.config, "CACHE_DIR", "")
+    in_tree = Path(__file__).parent / "__pycache__"
+    for stale in in_tree.glob("*_cache_probe_loop*"):
+        stale.unlink()
+    cpu_kernels._njit()(_cache_probe_loop)(np.zeros(3))
+    assert numba.config.CACHE_DIR == ""  # numba's setting restored
+    assert [p.name for p in tmp_path.rglob("*.nbi")] == [f"{Path(__file__).stem}._cache_probe_loop-"
+                                                       f"{_cache_probe_loop.__code__.co_firstlineno}.py"
+                                                       f"{sys.version_info.major}{sys.version_info.minor}.nbi"]
+    assert not list(in_tree.glob("*_cache_probe_loop*"))
+
+
+@numba_needed
+def test_compiled_loops_are_cached_where_numba_cache_dir_says(monkeypatch, tmp_path):
+    import numba
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))
+    cpu_kernels._njit()(_cache_probe_loop)(np.zeros(3))
+    assert numba.config.CACHE_DIR == str(tmp_path)
+    assert len(list(tmp_path.rglob("*_cache_probe_loop*.nbi"))) == 1
 
 
 def test_numba_switched_off_by_environment(monkeypatch, fresh_kernels):

@@ -12,6 +12,7 @@ tests/test_cpu_kernels.py and tests/test_lsh.py hold them side by side. The LSH 
 import functools
 import math
 import os
+import threading
 
 import numpy as np
 
@@ -30,12 +31,32 @@ def _njit():
     options = dict(nogil=True, error_model="numpy")
 
     def compile_loop(fn):
-        try:
-            return numba.njit(cache=True, **options)(fn)  # compiled once per machine, kept on disk
-        except RuntimeError:  # no writable cache location (read-only install, no home): compile per process
-            return numba.njit(**options)(fn)
+        # Compiled once per machine and kept on disk. By default numba keeps that cache beside the source, in the
+        # installed package's __pycache__, where pip's uninstall leaves it: the folder site-packages/yoso_np then
+        # stays behind and shadows a later editable install (Python takes it for a namespace package). So the
+        # cache goes to numba's user-wide cache folder (numba's own choice for read-only installs), unless
+        # NUMBA_CACHE_DIR names one. numba reads config.CACHE_DIR when the dispatcher picks its cache location.
+        with _CACHE_DIR_LOCK:
+            chosen = numba.config.CACHE_DIR
+            if not chosen:
+                numba.config.CACHE_DIR = _user_wide_numba_cache()
+            try:
+                return numba.njit(cache=True, **options)(fn)
+            except RuntimeError:  # no writable cache location (read-only install, no home): compile per process
+                return numba.njit(**options)(fn)
+            finally:
+                numba.config.CACHE_DIR = chosen
 
     return compile_loop
+
+
+_CACHE_DIR_LOCK = threading.Lock()
+
+
+def _user_wide_numba_cache():
+    from numba.misc.appdirs import AppDirs
+
+    return AppDirs(appname="numba", appauthor=False).user_cache_dir
 
 
 @functools.lru_cache(maxsize=None)
