@@ -191,13 +191,11 @@ def markdown_table(rows, size_header, diff_header):
         if not r["hwm_reset"]:
             notes.append(f"- {r['impl']} at {r['size']}: could not reset VmHWM, so the peak may be the loading's")
     by_impl = {(r["impl"], r["size"]): r for r in rows if "error" not in r}
+    shares = {"yoso_np_sampling": "yoso_np_sampling takes {:.2f} of yoso_np's (expectation) time",
+              "floor": "the floor (the sampling forward less its attention kernels) takes {:.2f} of yoso_np's time"}
     for (impl, size), r in by_impl.items():
-        if impl == "yoso_np_sampling" and ("yoso_np", size) in by_impl:
-            notes.append(f"- {size_header} {size}: yoso_np_sampling takes {r['time'] / by_impl['yoso_np', size]['time']:.2f}"
-                         f" of yoso_np's (expectation) time")
-        if impl == "floor" and ("yoso_np", size) in by_impl:
-            notes.append(f"- {size_header} {size}: the floor (the sampling forward less its attention kernels) takes "
-                         f"{r['time'] / by_impl['yoso_np', size]['time']:.2f} of yoso_np's time")
+        if impl in shares and ("yoso_np", size) in by_impl:
+            notes.append(f"- {size_header} {size}: " + shares[impl].format(r["time"] / by_impl["yoso_np", size]["time"]))
     return "\n".join(out + ([""] + notes if notes else []))
 
 
