@@ -170,6 +170,7 @@ class Tokenizer:
     mask_token_id = property(lambda self: self._special_id("mask_token"))
     pad_token_id = property(lambda self: self._special_id("pad_token"))
     cls_token_id = property(lambda self: self._special_id("cls_token"))
+    unk_token_id = property(lambda self: self._special_id("unk_token"))
     sep_token_id = property(lambda self: self._special_id("sep_token"))
 
     @property
@@ -192,6 +193,11 @@ class Tokenizer:
         if isinstance(ids, (int, np.integer)):
             return self.backend.id_to_token(self._check_id(ids))
         return [self.backend.id_to_token(self._check_id(i)) for i in self._id_list(ids)]
+
+    def convert_tokens_to_string(self, tokens):
+        """Text of a list of token strings, through the tokenizer's decoder (byte-level: "Ġ" back to " ")."""
+        decoder = self.backend.decoder
+        return decoder.decode(list(tokens)) if decoder is not None else " ".join(tokens)
 
     def convert_tokens_to_ids(self, tokens):
         if isinstance(tokens, str):
@@ -253,15 +259,8 @@ class Tokenizer:
             raise ValueError("truncation=True and padding='max_length' need max_length: "
                              "pass max_length= (this tokenizer has no model_max_length)")
 
-        inputs = texts if text_pairs is None else list(zip(texts, text_pairs))
-        if truncation:
-            self.backend.enable_truncation(limit, strategy="longest_first")
-        try:
-            encodings = self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
-        except Exception as exc:  # e.g. max_length shorter than the special tokens of a pair
-            raise ValueError(f"cannot encode the texts with max_length={limit}: {exc}") from None
-        finally:
-            self.backend.no_truncation()
+        encodings = self.encodings(texts, text_pairs, truncation=truncation, max_length=limit,
+                                   add_special_tokens=add_special_tokens)
 
         lengths = [len(e.ids) for e in encodings]
         if limit is not None and max(lengths) > limit:
@@ -291,6 +290,38 @@ class Tokenizer:
         if return_token_type_ids:
             out["token_type_ids"] = token_type_ids
         return out
+
+    def encodings(self, texts, text_pairs=None, *, truncation=False, max_length=None, stride=0,
+                  add_special_tokens=True):
+        """The `tokenizers.Encoding` of each text (or pair), unpadded: ids, type_ids, offsets (character spans
+        in the text), special_tokens_mask, word_ids, sequence_ids, token_to_word / word_to_chars.
+
+        truncation: False, True / "longest_first", "only_first" or "only_second" (cut to max_length tokens);
+        the cut tokens come back as ``encoding.overflowing`` windows that overlap by ``stride`` tokens.
+        """
+        texts = _text_list(texts, "texts")
+        if text_pairs is not None:
+            text_pairs = _text_list(text_pairs, "text_pairs")
+            if len(text_pairs) != len(texts):
+                raise ValueError(f"text_pairs must have one entry per text ({len(texts)}), got {len(text_pairs)}")
+        strategies = {True: "longest_first", "longest_first": "longest_first", "only_first": "only_first",
+                      "only_second": "only_second"}
+        truncation = truncation or False
+        if truncation is not False and truncation not in strategies:
+            raise ValueError(f"truncation must be False, True, 'longest_first', 'only_first' or 'only_second', "
+                             f"got {truncation!r}")
+        if truncation is not False and max_length is None:
+            raise ValueError("truncation needs max_length")
+        inputs = texts if text_pairs is None else list(zip(texts, text_pairs))
+        try:
+            if truncation is not False:
+                self.backend.enable_truncation(int(max_length), stride=int(stride), strategy=strategies[truncation])
+            return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        except Exception as exc:  # e.g. max_length shorter than the special tokens of a pair, stride too long
+            raise ValueError(f"cannot encode the texts with max_length={max_length}, stride={stride}: {exc}") \
+                from None
+        finally:
+            self.backend.no_truncation()
 
     def __repr__(self):
         return (f"Tokenizer(vocab_size={self.vocab_size}, model_max_length={self.model_max_length}, "
