@@ -5,6 +5,7 @@ No test here may touch the network: the autouse fixture fails any test that open
 import json
 import os
 import pickle
+import re
 import socket
 import struct
 import subprocess
@@ -15,6 +16,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from tests.compare import assert_same_bytes
 from tests.hubcache import make_hub_cache
 from yoso_np import checkpoint
 from yoso_np.checkpoint import (CheckpointError, align_state_dict, load_state_dict, read_safetensors, read_torch_bin,
@@ -144,7 +146,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
     with pytest.raises(OSError, match="disk full"):
         save_safetensors({"a": np.zeros(1000, np.float32)}, path)
-    assert path.read_bytes() == before
+    assert_same_bytes(path.read_bytes(), before, str(path))
     assert os.listdir(tmp_path) == ["model.safetensors"]
 
 
@@ -194,9 +196,17 @@ def test_truncating_a_saved_file_anywhere_raises_value_error(tmp_path):
     path = tmp_path / "model.safetensors"
     save_safetensors(small_state(), path)
     full = path.read_bytes()
-    for cut in (0, 7, 8, 20, len(full) // 2, len(full) - 1):
+    header_end = 8 + int.from_bytes(full[:8], "little")
+    for cut in (0, 7, 8, 20, header_end - 1, header_end + 1, len(full) - 1):
         path.write_bytes(full[:cut])
-        with pytest.raises(CheckpointError, match="broken|model.safetensors"):
+        if cut < 8:
+            expected = f"not a safetensors file \\({cut} bytes, shorter than the 8-byte header size\\)"
+        elif cut < header_end:
+            expected = f"header length {header_end - 8} is past the end of the file \\({cut} bytes\\): truncated"
+        else:
+            expected = r"tensor '[\w.]+': data_offsets \[\d+, \d+\] run past the end of the data .*: the file is " \
+                       "truncated"
+        with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: {expected}"):
             read_safetensors(path)
 
 
