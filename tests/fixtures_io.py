@@ -82,3 +82,43 @@ def load_case(name):
         dtype=meta["dtype"],
         padded=bool(meta["padded"]),
     )
+
+
+FIXTURES_DIR = REF_DIR.parent
+
+
+def _groups(path):
+    """An npz whose keys are 'group/.../name' as nested dicts of arrays (0-d string arrays become str)."""
+    out = {}
+    with np.load(path) as npz:
+        for key in npz.files:
+            value = npz[key]
+            if value.dtype.kind == "U" and value.ndim == 0:
+                value = str(value)
+            node = out
+            *parents, leaf = key.split("/", 2) if key.count("/") >= 2 else key.split("/")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return out
+
+
+def load_activations():
+    """(x, {name: {"float32": y, "float64": y}}): every activation of transformers' ACT2FN on the float64 grid x
+    (float32: on x cast to float32), as tests/make_fixtures.py recorded them from torch."""
+    groups = _groups(FIXTURES_DIR / "activations.npz")
+    x = groups.pop("x")
+    groups.pop("versions")
+    return x, groups
+
+
+def load_optimizer_trajectories():
+    """{case: {"settings": dict, "grad_norm": (steps,), "lr": (steps,), "initial": {param: w}, "grads": {param:
+    (steps, ...)}, "weights": {param: (steps, ...) after each step}, "momentum": {param: buffer after the last step}}}
+    recorded from torch.optim.SGD, clip_grad_norm_ and transformers' schedules by tests/make_fixtures.py."""
+    groups = _groups(FIXTURES_DIR / "optimizer.npz")
+    groups.pop("versions")
+    for case in groups.values():
+        case["settings"] = json.loads(case["settings"])
+        case.setdefault("momentum", {})
+    return groups

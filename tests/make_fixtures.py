@@ -2,7 +2,11 @@
 
 Run by hand (needs torch and transformers; the tests that read the fixtures do not):
 
-    python tests/make_fixtures.py
+    python tests/make_fixtures.py                        # every fixture anew
+    python tests/make_fixtures.py activations optimizer mlm_basic   # only these
+
+It also writes tests/fixtures/activations.npz (every ACT2FN activation on a grid, float32 and float64) and
+tests/fixtures/optimizer.npz (SGD trajectories: momentum, Nesterov, decay groups, clipping, both schedules).
 
 Each case folder holds what `save_pretrained` writes (config.json, model.safetensors), reference.npz (inputs,
 outputs, hidden states), grads.safetensors (the gradient of every weight, keyed like model.safetensors) and
@@ -23,6 +27,7 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +53,8 @@ BASE_CONFIG = dict(
     max_position_embeddings=40,
     hash_code_len=9,
 )
+SMALL_CONFIG = dict(vocab_size=40, hidden_size=16, num_attention_heads=2, num_hidden_layers=1, intermediate_size=24,
+                    max_position_embeddings=20)
 
 
 @dataclasses.dataclass
@@ -65,6 +72,8 @@ class Spec:
     position_ids: bool = False
     inputs_embeds: bool = False
     float64: bool = False
+    embedding_std: float | None = None  # std of the embedding tables (default: 0.2 as every other weight)
+    transformers_init: bool = False  # keep the weights transformers' own init drew (initializer_range)
 
 
 CASES = [
@@ -113,6 +122,19 @@ CASES = [
          "question answering, silu, type_vocab_size 2 with token_type_ids, padded (9 and 6); one end position 100",
          seed=602, seq=9, lengths=(9, 6), token_type_ids=True,
          config=dict(hidden_act="silu", type_vocab_size=2)),
+    # eps matters only where a row's variance is near it: embeddings of std 0.004 give the embedding LayerNorm a
+    # variance of ~5e-5, where eps 1e-5 inside or outside the square root moves the outputs by several percent
+    Spec("mlm_eps1e-5_small_embeddings", "YosoForMaskedLM",
+         "masked LM, small (hidden 16, 1 layer), layer_norm_eps 1e-5, embeddings of std 0.004 (eps matters)",
+         seed=203, seq=8, embedding_std=0.004, config=dict(SMALL_CONFIG, layer_norm_eps=1e-5)),
+    Spec("model_float64_eps1e-6_small_embeddings", "YosoModel",
+         "base model in float64, small (hidden 16, 1 layer), layer_norm_eps 1e-6, embeddings of std 0.001",
+         seed=105, seq=9, float64=True, embedding_std=0.001, config=dict(SMALL_CONFIG, layer_norm_eps=1e-6)),
+    Spec("seqcls_type_vocab3_init_range0.5", "YosoForSequenceClassification",
+         "single label, 3 labels, 1 layer, type_vocab_size 3 (token types 0, 1, 2), initializer_range 0.5 with the "
+         "weights transformers' own init drew", seed=303, seq=9, token_type_ids=True, transformers_init=True,
+         config=dict(problem_type="single_label_classification", num_labels=3, num_hidden_layers=1,
+                     type_vocab_size=3, initializer_range=0.5)),
 ]
 
 
@@ -138,7 +160,11 @@ def make_inputs(spec, config, dtype):
         inputs["inputs_embeds"] = rng.normal(0.0, 1.0, size=lead + (n, config.hidden_size)).astype(dtype)
     else:
         inputs["input_ids"] = ids.reshape(lead + (n,))
-    if spec.token_type_ids:
+    if spec.token_type_ids and config.type_vocab_size > 2:  # segments 0, 1, 2, ... of random lengths
+        splits = np.sort(rng.integers(1, n, size=(rows, config.type_vocab_size - 1)), axis=1)
+        types = (np.arange(n)[None, :, None] >= splits[:, None, :]).sum(-1).astype(np.int64) * mask
+        inputs["token_type_ids"] = types.reshape(lead + (n,))
+    elif spec.token_type_ids:
         split = rng.integers(2, n - 1, size=(rows, 1))
         types = (np.arange(n)[None, :] >= split).astype(np.int64) * mask
         inputs["token_type_ids"] = types.reshape(lead + (n,))
@@ -375,8 +401,12 @@ def build_model(spec):
     # Larger-than-default weights so that outputs are far from zero; LayerNorm scales stay near 1.
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if spec.transformers_init:
+                break
             if name.endswith("LayerNorm.weight"):
                 p.normal_(1.0, 0.1)
+            elif spec.embedding_std is not None and "embeddings" in name and name.endswith(".weight"):
+                p.normal_(0.0, spec.embedding_std)
             else:
                 p.normal_(0.0, 0.2)
     if spec.float64:
@@ -462,19 +492,134 @@ def check_even_window_crashes():
     raise AssertionError("an even conv_window ran; add a case for it")
 
 
-def main():
+# ----------------------------------------------------------------------------------------------------------------
+# activations and optimizer trajectories (tests/fixtures/activations.npz, tests/fixtures/optimizer.npz)
+
+
+def activation_inputs():
+    """A 0.1 grid over [-12, 12] and the points where some activation changes branch or threshold: 0, tiny values
+    (xielu's eps -1e-6), hardswish's +-3, relu6's 6, gelu_10's 10, softplus' 20, and large magnitudes."""
+    special = [1e-7, 5e-7, 1e-6, 2e-6, 1e-3, 0.5, 2.999, 3.001, 5.999, 6.001, 9.999, 10.001, 19.5, 19.999, 20.001,
+               20.5, 30.0, 50.0, 88.0, 89.0, 100.0, 1e3, 1e4]
+    x = np.concatenate([np.linspace(-12.0, 12.0, 241), special, -np.array(special)])
+    return np.unique(x)
+
+
+def make_activations():
+    from transformers.activations import ACT2CLS, ACT2FN
+
+    x = activation_inputs()
+    arrays = {"x": x}
+    for name in sorted(ACT2CLS):
+        module = ACT2FN[name]
+        with torch.no_grad():
+            arrays[f"{name}/float32"] = module(torch.from_numpy(x.astype(np.float32))).numpy()
+            # prelu's float32 weight does not promote a float64 input
+            module64 = module.double() if name == "prelu" else module
+            arrays[f"{name}/float64"] = module64(torch.from_numpy(x.copy())).numpy()
+        assert arrays[f"{name}/float32"].dtype == np.float32 and arrays[f"{name}/float64"].dtype == np.float64, name
+    arrays["versions"] = np.array(f"transformers {transformers.__version__}, torch {torch.__version__}")
+    path = REF_DIR.parent / "activations.npz"
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+OPTIMIZER_STEPS = 6
+# checkpoint-like names: weight decay applies to the first and last only (transformers' Trainer groups)
+OPTIMIZER_PARAMS = {"yoso.encoder.layer.0.attention.self.query.weight": (4, 3),
+                    "yoso.encoder.layer.0.attention.self.query.bias": (4,),
+                    "yoso.embeddings.LayerNorm.weight": (3,), "yoso.embeddings.LayerNorm.bias": (3,),
+                    "classifier.weight": (2, 3)}
+GRAD_SCALES = (0.2, 1.5, 0.3, 2.0, 0.1, 1.0)  # global norms of about 0.9 to 9: clipping acts on some steps only
+OPTIMIZER_CASES = {
+    "plain_constant_warmup": dict(lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, max_grad_norm=None,
+                                  schedule="constant", warmup_steps=2),
+    "momentum_decay_linear_warmup_clip": dict(lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.01,
+                                              max_grad_norm=1.0, schedule="linear", warmup_steps=2),
+    "nesterov_decay_linear_clip": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1, max_grad_norm=2.0,
+                                       schedule="linear", warmup_steps=0),
+    "momentum_decay_constant": dict(lr=0.2, momentum=0.5, nesterov=False, weight_decay=0.05, max_grad_norm=100.0,
+                                    schedule="constant", warmup_steps=0),
+}
+
+
+def trajectory(settings, seed):
+    """torch.optim.SGD over two parameter groups (decay / no decay), clip_grad_norm_ and transformers' schedule, for
+    OPTIMIZER_STEPS steps with fixed random gradients. Returns arrays keyed '<what>/<param name>'."""
+    rng = np.random.default_rng(seed)
+    initial = {k: rng.normal(0.0, 1.0, s).astype(np.float32) for k, s in OPTIMIZER_PARAMS.items()}
+    grads = {k: np.stack([scale * rng.normal(0.0, 1.0, s) for scale in GRAD_SCALES]).astype(np.float32)
+             for k, s in OPTIMIZER_PARAMS.items()}
+    params = {k: nn.Parameter(torch.tensor(v)) for k, v in initial.items()}
+    no_decay = [k for k in params if k.endswith("bias") or "LayerNorm.weight" in k]
+    groups = [{"params": [p for k, p in params.items() if k not in no_decay], "weight_decay": settings["weight_decay"]},
+              {"params": [params[k] for k in no_decay], "weight_decay": 0.0}]
+    opt = torch.optim.SGD(groups, lr=settings["lr"], momentum=settings["momentum"], nesterov=settings["nesterov"])
+    if settings["schedule"] == "linear":
+        scheduler = transformers.get_linear_schedule_with_warmup(opt, settings["warmup_steps"], OPTIMIZER_STEPS)
+    else:
+        scheduler = transformers.get_constant_schedule_with_warmup(opt, settings["warmup_steps"])
+    weights = {k: [] for k in params}
+    norms, lrs = [], []
+    for step in range(OPTIMIZER_STEPS):
+        for k, p in params.items():
+            p.grad = torch.tensor(grads[k][step])
+        if settings["max_grad_norm"]:
+            norm = nn.utils.clip_grad_norm_(list(params.values()), settings["max_grad_norm"])
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params.values()]))
+        norms.append(float(norm))
+        lrs.append(opt.param_groups[0]["lr"])
+        assert all(group["lr"] == lrs[-1] for group in opt.param_groups)
+        opt.step()
+        scheduler.step()
+        for k, p in params.items():
+            weights[k].append(p.detach().numpy().copy())
+    out = {"settings": np.array(json.dumps({**settings, "steps": OPTIMIZER_STEPS, "no_decay": no_decay})),
+           "grad_norm": np.array(norms), "lr": np.array(lrs)}
+    for k in params:
+        out[f"initial/{k}"], out[f"grads/{k}"] = initial[k], grads[k]
+        out[f"weights/{k}"] = np.stack(weights[k])
+        if settings["momentum"]:
+            out[f"momentum/{k}"] = opt.state[params[k]]["momentum_buffer"].numpy().copy()
+    return out
+
+
+def make_optimizer():
+    arrays = {"versions": np.array(f"transformers {transformers.__version__}, torch {torch.__version__}")}
+    for i, (name, settings) in enumerate(OPTIMIZER_CASES.items()):
+        arrays.update({f"{name}/{k}": v for k, v in trajectory(settings, seed=700 + i).items()})
+    path = REF_DIR.parent / "optimizer.npz"
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def main(argv):
+    """No arguments: every fixture anew. Otherwise only the named cases, and 'activations' / 'optimizer'."""
     torch.set_num_threads(1)
-    if REF_DIR.exists():
+    names = set(argv) or {spec.name for spec in CASES} | {"activations", "optimizer"}
+    unknown = names - {spec.name for spec in CASES} - {"activations", "optimizer"}
+    if unknown:
+        raise SystemExit(f"unknown fixtures {sorted(unknown)}")
+    if not argv and REF_DIR.exists():
         shutil.rmtree(REF_DIR)
-    REF_DIR.mkdir(parents=True)
+    REF_DIR.mkdir(parents=True, exist_ok=True)
     for spec in CASES:
-        folder = make_case(spec)
-        size = sum(p.stat().st_size for p in folder.iterdir())
-        print(f"{spec.name:36s} {spec.cls:32s} {size / 1024:7.1f} KiB")
-    print("even conv_window:", check_even_window_crashes())
-    total = sum(p.stat().st_size for p in REF_DIR.rglob("*") if p.is_file())
-    print(f"total {total / 1024:.1f} KiB")
+        if spec.name in names:
+            if (REF_DIR / spec.name).exists():
+                shutil.rmtree(REF_DIR / spec.name)
+            folder = make_case(spec)
+            size = sum(p.stat().st_size for p in folder.iterdir())
+            print(f"{spec.name:40s} {spec.cls:32s} {size / 1024:7.1f} KiB")
+    for name, make in (("activations", make_activations), ("optimizer", make_optimizer)):
+        if name in names:
+            path = make()
+            print(f"{path.name:73s} {path.stat().st_size / 1024:7.1f} KiB")
+    if not argv:
+        print("even conv_window:", check_even_window_crashes())
+    total = sum(p.stat().st_size for p in REF_DIR.parent.rglob("*") if p.is_file())
+    print(f"tests/fixtures in total {total / 1024:.1f} KiB")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from tests.fixtures_io import load_activations
 from tests.gradcheck import assert_close, numerical_grad
 from yoso_np.layers import activations as act
 from yoso_np.layers.activations import ACTIVATIONS, activation, activation_backward, erf, normal_cdf
@@ -20,10 +21,32 @@ KINKS = {
     "mish": [20.0], "sqrtsoftplus": [20.0],  # torch's softplus switches to x above 20
 }
 LARGE = np.array([1e-3, 1.0, 10.0, 20.5, 50.0, 88.0, 89.0, 100.0, 1e3, 1e4])
+FIXTURE_X, FIXTURE = load_activations()  # recorded from transformers' ACT2FN by tests/make_fixtures.py
+FIXTURE_TOL = {"float32": dict(rtol=1e-6, atol=1e-6), "float64": dict(rtol=1e-13, atol=1e-15)}
 
 
 def test_every_transformers_name_is_known():
     assert TRANSFORMERS_NAMES <= set(ACTIVATIONS)
+    assert set(FIXTURE) == TRANSFORMERS_NAMES  # every name has recorded values
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(FIXTURE))
+def test_forward_matches_recorded_transformers_values(name, dtype):
+    x = FIXTURE_X.astype(dtype)
+    y, _ = activation(name, x)
+    assert y.dtype == dtype
+    assert_close(y, FIXTURE[name][dtype], **FIXTURE_TOL[dtype], name=f"{name} {dtype}")
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE))
+def test_big_float32_arrays_match_recorded_values(name):
+    """The threaded blocks (and the compiled GELU where numba is installed) on a non-contiguous array of the
+    recorded inputs, tiled."""
+    x = np.resize(FIXTURE_X.astype(np.float32), 300 * 250).reshape(300, 250).T
+    expected = np.resize(FIXTURE[name]["float32"], 300 * 250).reshape(300, 250).T
+    y, _ = activation(name, x)
+    assert_close(y, expected, **FIXTURE_TOL["float32"], name=name)
 
 
 @pytest.mark.torch

@@ -71,6 +71,10 @@ def test_fixture_set_covers_every_class_and_variant():
         assert any(key in case.inputs for case in cases), key
     problems = {case.config.get("problem_type") for case in cases if case.cls_name == "YosoForSequenceClassification"}
     assert problems == {"single_label_classification", "multi_label_classification", "regression"}
+    # LayerNorm eps as checkpoints in the wild have it, in float32 (the compiled path) and float64 (NumPy)
+    assert {(c.config["layer_norm_eps"], c.dtype) for c in cases} >= {(1e-5, "float32"), (1e-6, "float64")}
+    assert any(c.config["initializer_range"] != 0.02 for c in cases)
+    assert any(c.config["type_vocab_size"] > 2 for c in cases)
 
 
 def test_unknown_case_is_a_clear_error():
@@ -120,7 +124,7 @@ def test_case_inputs_are_consistent(name):
         assert inputs["inputs_embeds"].shape == shape + (c["hidden_size"],)
     if "token_type_ids" in inputs:
         assert inputs["token_type_ids"].shape == shape and inputs["token_type_ids"].max() < c["type_vocab_size"]
-        assert inputs["token_type_ids"].max() == 1
+        assert set(np.unique(inputs["token_type_ids"])) == set(range(c["type_vocab_size"]))  # every type used
     if "position_ids" in inputs:
         positions = inputs["position_ids"]
         assert positions.shape == shape and positions.min() >= 0

@@ -11,10 +11,13 @@ import time
 import numpy as np
 import pytest
 
+from tests.compare import assert_same_file, assert_same_text
+from tests.fixtures_io import load_optimizer_trajectories
+from tests.gradcheck import assert_close
 from yoso_np import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification
 from yoso_np.checkpoint import read_safetensors
 from yoso_np.data import Dataset
-from yoso_np.train import (SGD, TrainingArguments, UsageError, add_finetune_arguments, clip_grad_norm,
+from yoso_np.train import (SCHEDULES, SGD, TrainingArguments, UsageError, add_finetune_arguments, clip_grad_norm,
                            classification_metrics, decays, evaluate, global_grad_norm, list_checkpoints, lr_factor,
                            main, multi_label_metrics, run_finetune, train)
 
@@ -86,6 +89,44 @@ def test_sgd_matches_torch(momentum, nesterov, weight_decay):
         ours.step(grads, lr=0.1)
     for k, p in params.items():
         np.testing.assert_allclose(w[k], p.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+TRAJECTORIES = load_optimizer_trajectories()  # recorded from torch by tests/make_fixtures.py
+
+
+def test_trajectories_cover_every_rule_and_schedule():
+    settings = [case["settings"] for case in TRAJECTORIES.values()]
+    assert {s["schedule"] for s in settings} == set(SCHEDULES)
+    assert any(s["nesterov"] for s in settings) and any(s["momentum"] and not s["nesterov"] for s in settings)
+    assert any(not s["momentum"] for s in settings) and any(s["warmup_steps"] for s in settings)
+    assert any(s["weight_decay"] and s["no_decay"] for s in settings) and any(s["max_grad_norm"] for s in settings)
+    clipped = [case["grad_norm"] > case["settings"]["max_grad_norm"] for case in TRAJECTORIES.values()
+               if case["settings"]["max_grad_norm"]]
+    assert any(c.any() and not c.all() for c in clipped)  # clipping acts on some steps, not all
+
+
+@pytest.mark.parametrize("name", sorted(TRAJECTORIES))
+def test_sgd_clipping_and_schedules_follow_torch_trajectories(name):
+    """The training loop's step (clip or measure the norm, lr from the schedule, SGD step) replayed on recorded
+    gradients reproduces torch's weights after every step, and its momentum buffers at the end."""
+    case = TRAJECTORIES[name]
+    s = case["settings"]
+    assert [k for k in case["initial"] if not decays(k)] == s["no_decay"]  # the Trainer's decay groups
+    w = {k: v.copy() for k, v in case["initial"].items()}
+    opt = SGD(w, lr=s["lr"], momentum=s["momentum"], nesterov=s["nesterov"], weight_decay=s["weight_decay"])
+    for step in range(s["steps"]):
+        grads = {k: g[step].copy() for k, g in case["grads"].items()}
+        norm = clip_grad_norm(grads, s["max_grad_norm"]) if s["max_grad_norm"] else global_grad_norm(grads)
+        assert norm == pytest.approx(case["grad_norm"][step], rel=1e-5), f"step {step}: gradient norm"
+        lr = s["lr"] * lr_factor(step, total_steps=s["steps"], warmup_steps=s["warmup_steps"], schedule=s["schedule"])
+        assert lr == pytest.approx(case["lr"][step], rel=1e-6, abs=1e-12), f"step {step}: lr"
+        opt.step(grads, lr)
+        for k, expected in case["weights"].items():
+            assert_close(w[k], expected[step], rtol=1e-5, atol=1e-6, name=f"step {step}: {k}")
+    buffers = opt.state_dict()
+    assert set(buffers) == set(case["momentum"])
+    for k, expected in case["momentum"].items():
+        assert_close(buffers[k], expected, rtol=1e-5, atol=1e-6, name=f"momentum buffer {k}")
 
 
 def test_clip_grad_norm_by_hand():
@@ -222,7 +263,6 @@ def test_checkpoints_resume_bitwise_and_limit(tmp_path):
     assert state["args"]["seed"] == 7 and state["labels"]["num_labels"] == 2
     momentum = read_safetensors(ckpt / "optimizer.safetensors")
     assert set(momentum) == set(read_safetensors(ckpt / "model.safetensors"))
-    final = (full / "model.safetensors").read_bytes()
 
     for resume_from in (3, 5, 9):
         part = tmp_path / f"from-{resume_from}"
@@ -236,15 +276,18 @@ def test_checkpoints_resume_bitwise_and_limit(tmp_path):
         (part / ".tmp-checkpoint-10" / "model.safetensors").write_bytes(b"partial")
         model = YosoForSequenceClassification(tiny_config(), seed=123)  # other weights: all come from the checkpoint
         train(model, data, data, args=TrainingArguments(output_dir=str(part), resume=True, **args))
-        assert (part / "model.safetensors").read_bytes() == final, f"resumed from step {resume_from}"
-        assert (part / "train_log.jsonl").read_text() == (full / "train_log.jsonl").read_text()
+        assert_same_file(part / "model.safetensors", full / "model.safetensors",
+                         f"model.safetensors resumed from step {resume_from}")
+        assert_same_text((part / "train_log.jsonl").read_text(), (full / "train_log.jsonl").read_text(),
+                         f"train_log.jsonl resumed from step {resume_from}")
         assert not (part / ".tmp-checkpoint-10").exists()
 
     limited = tmp_path / "limited"
     train(YosoForSequenceClassification(tiny_config(), seed=0), data, None,
           args=TrainingArguments(output_dir=str(limited), save_total_limit=2, **args))
     assert [s for s, _ in list_checkpoints(limited)] == [9, 10]
-    assert (limited / "model.safetensors").read_bytes() == final
+    assert_same_file(limited / "model.safetensors", full / "model.safetensors",
+                     "model.safetensors with save_total_limit")
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -441,8 +484,10 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path, model_dir):
     assert interrupted_at < 36 and not (killed / "model.safetensors").exists()
     (killed / ".tmp-checkpoint-999").mkdir(exist_ok=True)  # a partial save: must be ignored
     subprocess.run(command(killed, "--resume"), env=env, check=True, timeout=300)
-    assert (killed / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
-    assert (killed / "train_log.jsonl").read_text() == (whole / "train_log.jsonl").read_text()
+    assert_same_file(killed / "model.safetensors", whole / "model.safetensors",
+                     "model.safetensors after kill and resume")
+    assert_same_text((killed / "train_log.jsonl").read_text(), (whole / "train_log.jsonl").read_text(),
+                     "train_log.jsonl after kill and resume")
 
 
 def test_main_entry_point(tmp_path, model_dir, capsys):
