@@ -1,4 +1,5 @@
-"""The compiled CPU loops of yoso_np.cpu_kernels against their NumPy twins: bit-identical results."""
+"""The compiled CPU loops of yoso_np.cpu_kernels against their NumPy twins (bit-identical results), and both against
+an independent reference: a float64 formula written out here, or test_lsh's brute force."""
 import importlib
 import sys
 from pathlib import Path
@@ -6,7 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_lsh import cumulation_inputs
+from scipy.special import erfc
+
+from tests.gradcheck import assert_close
+from tests.test_lsh import brute_force, cumulation_inputs
 from yoso_np import cpu_kernels, lsh
 
 attention = importlib.import_module("yoso_np.layers.attention")
@@ -14,6 +18,11 @@ activations = importlib.import_module("yoso_np.layers.activations")
 norm = importlib.import_module("yoso_np.layers.norm")
 numba_needed = pytest.mark.skipif(cpu_kernels.collision_probability() is None,
                                   reason="needs numba (and not YOSO_NP_NUMBA=0)")
+
+
+def collision_formula(s, tau):
+    """(1 - arccos(s)/pi)^tau in float64."""
+    return (1 - np.arccos(np.clip(s.astype(np.float64), -1, 1)) / np.pi) ** tau
 
 
 def cosines(shape, seed=0):
@@ -34,6 +43,10 @@ def test_compiled_collision_probability_is_bit_identical_to_numpy(tau):
     cpu_kernels.collision_probability()(got, tau, attention._NEG_ACOS_POLY_OVER_PI_F32)
     assert not np.isnan(got).any()
     np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    # the float32 arccos polynomial is within 1.1e-6 for tau <= 24 (measured); cosines a rounding error outside
+    # [-1, 1] are only required to give no NaN
+    inside = np.abs(s) <= 1
+    assert_close(got[inside], collision_formula(s, tau)[inside], rtol=0, atol=1.5e-6, name=f"tau {tau}")
 
 
 @numba_needed
@@ -47,6 +60,8 @@ def test_expectation_blocks_take_the_compiled_loop_with_the_same_result(monkeypa
     compiled = attention.expectation_cumulation(q, k, v, 9)
     monkeypatch.setattr(attention, "_compiled_weights", lambda *args: None)
     np.testing.assert_array_equal(compiled, attention.expectation_cumulation(q, k, v, 9))
+    expected = collision_formula(q.astype(np.float64) @ k.astype(np.float64).T, 9) @ v.astype(np.float64)
+    assert_close(compiled, expected, rtol=1e-5, atol=2e-6, name="YOSO-E cumulation")
 
 
 @numba_needed
@@ -60,6 +75,10 @@ def test_compiled_gelu_is_bit_identical_to_numpy(monkeypatch):
     with np.errstate(over="ignore", invalid="ignore"):  # +-inf give NaN (0 * inf) on both sides
         activations._gelu_float32_into(x, expected, np.empty_like(x))
     np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    finite = np.isfinite(x)
+    x64 = x[finite].astype(np.float64)
+    exact = x64 * 0.5 * erfc(-x64 / np.sqrt(2))
+    assert np.abs(got[finite] - exact).max() < 4.5e-7  # the documented bound of the float32 GELU
     x[0, 0] = np.nan
     cpu_kernels.gelu()(x, got, activations._GELU_TAIL_POLY_F32)
     assert np.isnan(got[0, 0])
@@ -88,6 +107,31 @@ def test_compiled_layer_norm_matches_numpy(monkeypatch, shape):
     np.testing.assert_allclose(rstd, rstd_np, rtol=2e-6)
     np.testing.assert_allclose(y, y_np, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(y[0, 0], p["bias"])
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(axis=-1, keepdims=True)
+    exact = centred / np.sqrt((centred ** 2).mean(axis=-1, keepdims=True) + 1e-5) * p["weight"] + p["bias"]
+    assert_close(y, exact, rtol=1e-5, atol=1e-5, name="compiled")
+    assert_close(y_np, exact, rtol=1e-5, atol=1e-5, name="numpy")
+
+
+@numba_needed
+@pytest.mark.parametrize("eps", [1e-5, 1e-6, 1e-12])
+def test_layer_norm_of_rows_with_variance_near_eps(monkeypatch, eps):
+    """Rows whose variance is of the order of eps, where eps inside or outside the square root differ by percents;
+    both paths against the float64 formula."""
+    rng = np.random.default_rng(5)
+    x = (0.5 + rng.standard_normal((4, 6, 24)) * np.geomspace(1e-4, 1e-1, 6)[:, None]).astype(np.float32)
+    p = {"weight": (1 + 0.1 * rng.standard_normal(24)).astype(np.float32),
+         "bias": (0.1 * rng.standard_normal(24)).astype(np.float32)}
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(axis=-1, keepdims=True)
+    exact = centred / np.sqrt((centred ** 2).mean(axis=-1, keepdims=True) + eps) * p["weight"] + p["bias"]
+    compiled, _ = norm.layer_norm(p, x, eps)
+    monkeypatch.setattr(cpu_kernels, "layer_norm", lambda: None)
+    numpy_path, _ = norm.layer_norm(p, x, eps)
+    # float32 rounding of x - mean is amplified by rstd (up to 1e4 here): compare with that scale
+    assert_close(compiled, exact, rtol=0, atol=2e-3, name="compiled")
+    assert_close(numpy_path, exact, rtol=0, atol=2e-3, name="numpy")
 
 
 def cumulation_case(seed, n_k, code_len, dtype=np.float32, d_w=8):
@@ -110,6 +154,8 @@ def test_compiled_lsh_cumulation_is_bit_identical_to_numpy(monkeypatch, dtype, n
     expected = lsh.lsh_cumulation(*args)
     assert np.abs(expected).max() > 0.5
     np.testing.assert_array_equal(compiled, expected)
+    assert_close(compiled, brute_force(query_mask, query_codes, key_mask, key_codes, value), rtol=1e-5, atol=1e-5,
+                 name="brute force")
 
 
 @numba_needed
@@ -121,6 +167,8 @@ def test_compiled_lsh_weighted_cumulation_matches_numpy(monkeypatch, n_k, code_l
     expected = lsh.lsh_weighted_cumulation(*args)
     assert np.abs(expected).max() > 0.5
     np.testing.assert_allclose(compiled, expected, rtol=1e-5, atol=1e-5)  # the same pairs summed in another order
+    qm, qc, qw, km, kc, kw, v, _ = args
+    assert_close(compiled, brute_force(qm, qc, km, kc, v, qw, kw), rtol=1e-5, atol=1e-5, name="brute force")
 
 
 @pytest.fixture

@@ -3,7 +3,10 @@
 The YOSO-E backward is the paper's surrogate (dW/ds = tau/2 W instead of the derivative of arccos), so it cannot
 match finite differences of the real weights. It is the exact derivative of W(s) = exp(tau (s - 1) / 2), though:
 the tests swap that weight in, which checks everything around the surrogate (normalisations, masks, conv,
-projections, heads, losses) exactly; test_surrogate_formula checks the surrogate products themselves."""
+projections, heads, losses) exactly; test_surrogate_formula checks the surrogate products themselves.
+
+Finite differences of a layer's own forward cannot see a bug in that forward (a backward that follows a wrong
+forward passes), so each layer's forward is also checked here against its formula written out plainly."""
 import importlib
 import math
 
@@ -63,13 +66,27 @@ def check_layer(forward, backward, x, params, rng, name):
 def test_linear():
     rng = np.random.default_rng(0)
     p = {"weight": rand(rng, 5, 3), "bias": rand(rng, 5)}
-    check_layer(linear, linear_backward, rand(rng, 2, 4, 3), p, rng, "linear")
+    x = rand(rng, 2, 4, 3)
+    check_layer(linear, linear_backward, x, p, rng, "linear")
+    expected = np.einsum("bni,oi->bno", x, p["weight"]) + p["bias"]
+    assert_close(linear(p, x)[0], expected, 1e-13, 1e-13, "linear forward")
 
 
-def test_layer_norm():
+def layer_norm_formula(x, weight, bias, eps):
+    centred = x - x.mean(axis=-1, keepdims=True)
+    return centred / np.sqrt((centred ** 2).mean(axis=-1, keepdims=True) + eps) * weight + bias
+
+
+@pytest.mark.parametrize("eps, scale", [(1e-12, 1.0), (1e-5, 3e-3), (1e-6, 1e-3)])
+def test_layer_norm(eps, scale):
+    """scale: the rows' standard deviation; 3e-3 and 1e-3 put their variance near eps, where eps inside or outside
+    the square root differ by percents."""
     rng = np.random.default_rng(1)
     p = {"weight": rand(rng, 7), "bias": rand(rng, 7)}
-    check_layer(lambda p, x: layer_norm(p, x, 1e-12), layer_norm_backward, rand(rng, 3, 7), p, rng, "layer_norm")
+    x = 0.5 + scale * rand(rng, 3, 7)
+    check_layer(lambda p, x: layer_norm(p, x, eps), layer_norm_backward, x, p, rng, "layer_norm")
+    assert_close(layer_norm(p, x, eps)[0], layer_norm_formula(x, p["weight"], p["bias"], eps), 1e-10, 1e-12,
+                 f"layer_norm forward, eps {eps}")
 
 
 def test_l2_normalize_and_zero_rows():
@@ -77,6 +94,7 @@ def test_l2_normalize_and_zero_rows():
     x = rand(rng, 4, 6)
     check_layer(lambda p, x: (l2_normalize(x)[0], l2_normalize(x)),
                 lambda dy, c: (l2_normalize_backward(dy, *c), {}), x, {}, rng, "l2_normalize")
+    assert_close(l2_normalize(x)[0], x / np.sqrt((x ** 2).sum(-1, keepdims=True)), 1e-14, 1e-14, "l2 forward")
     zero = np.zeros((1, 3))
     y, norm = l2_normalize(zero)
     assert np.all(y == 0) and np.all(np.isfinite(l2_normalize_backward(np.ones((1, 3)), y, norm)))
@@ -86,9 +104,18 @@ def test_depthwise_conv():
     rng = np.random.default_rng(3)
     for window in (1, 3, 5):
         p = {"w": rand(rng, 3, 1, window, 1)}
+        v = rand(rng, 2, 3, 4, 2)
         check_layer(lambda p, v: (depthwise_conv(v, p["w"]), v),
                     lambda dy, v: (lambda dv, dw: (dv, {"w": dw}))(*depthwise_conv_backward(dy, v, p["w"])),
-                    rand(rng, 2, 3, 4, 2), p, rng, f"conv{window}")
+                    v, p, rng, f"conv{window}")
+        # torch's Conv2d (a cross-correlation) with zero padding window // 2, position by position
+        expected = np.zeros_like(v)
+        for b, h, i, d in np.ndindex(v.shape):
+            for t in range(window):
+                j = i + t - window // 2
+                if 0 <= j < v.shape[2]:
+                    expected[b, h, i, d] += p["w"][h, 0, t, 0] * v[b, h, j, d]
+        assert_close(depthwise_conv(v, p["w"]), expected, 1e-13, 1e-13, f"conv{window} forward")
 
 
 def test_dropout_uses_the_forward_mask():
@@ -116,6 +143,11 @@ def test_embeddings(with_ids):
                           eps=1e-12, dropout_rate=0.1, padding_idx=padding_idx)
 
     check_layer(forward, embeddings_backward, embeds, p, rng, "embeddings")
+    # positions 2, 3, ... as transformers' YosoEmbeddings (rows 0 and 1 unused)
+    summed = (p["word_embeddings.weight"][ids] if with_ids else embeds) + p["token_type_embeddings.weight"][types] \
+        + p["position_embeddings.weight"][2:7]
+    expected = layer_norm_formula(summed, p["LayerNorm.weight"], p["LayerNorm.bias"], 1e-12)
+    assert_close(forward(p, embeds)[0], expected, 1e-12, 1e-12, "embeddings forward")
     if with_ids:  # the padding row gets no gradient, as torch's nn.Embedding(padding_idx=...); others keep theirs
         dy = rand(rng, 2, 5, 4)
         _, plain = embeddings_backward(dy, forward(p, embeds)[1])
