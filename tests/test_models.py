@@ -153,6 +153,7 @@ def test_sampling_needs_and_uses_rng():
     assert np.all(np.isfinite(model(IDS, MASK).last_hidden_state))  # no rng: fresh entropy
 
 
+@pytest.mark.torch
 def test_transformers_loads_what_we_save(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
