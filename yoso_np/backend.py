@@ -2,6 +2,7 @@
 
 CuPy is imported lazily: nothing here touches it until a CuPy array or ``device="cuda"`` shows up.
 """
+import contextlib
 import os
 import sys
 import threading
@@ -59,11 +60,86 @@ def to_numpy(x):
     return to_device(x, "cpu")
 
 
+# The pool of CPU workers, one per process. Three things make it safe to embed:
+# - it is created under a lock (two first calls from two threads make one pool);
+# - a fork child drops the parent's pool (its threads did not survive the fork) and makes its own on first use;
+# - the single-threaded BLAS its workers need is counted: the first parallel_map in sets it, the last one out
+#   restores what the host had, however the calls of several threads overlap (threadpoolctl's limits are
+#   process-wide, so per-call `with limit` blocks left out of order would leave the host's BLAS single-threaded).
 _POOL = None
+_POOL_LOCK = threading.Lock()
+_WORKER = threading.local()  # .active is True on the pool's own threads
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS = 0
+_BLAS_LIMITER = None
 
 
 def cpu_threads():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _mark_worker():
+    _WORKER.active = True
+
+
+def _pool():
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(cpu_threads(), thread_name_prefix="yoso_np", initializer=_mark_worker)
+        return _POOL
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """BLAS limited to one thread while any caller is inside; the last one out restores the host's setting."""
+    global _BLAS_USERS, _BLAS_LIMITER
+    with _BLAS_LOCK:
+        if _BLAS_USERS == 0:
+            _BLAS_LIMITER = _blas_controller().limit(limits=1, user_api="blas")
+            _release_blas_control()
+        _BLAS_USERS += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0:
+                limiter, _BLAS_LIMITER = _BLAS_LIMITER, None
+                limiter.restore_original_limits()
+                _release_blas_control()
+
+
+def _release_blas_control():
+    """threadpoolctl 3.8 lets one thread at a time change OpenBLAS's process-wide setting (the first to set a
+    limit, until it lets go; the others' calls do nothing), so the thread that sets single-threaded BLAS and
+    the one that restores it may differ only if each lets go after its change. Not while this thread is inside
+    a `with threadpool_limits` of its own: that block still needs its control to restore the host's setting."""
+    import threadpoolctl
+
+    ownership = getattr(threadpoolctl, "CONTROLLING_THREAD_OWNERSHIP", None)
+    clear = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if clear is not None and getattr(ownership, "count", 0) <= 0:
+        clear()
+
+
+def _after_fork_in_child():
+    """The child has only the forking thread: the pool's threads are gone, and a lock another thread held at the
+    fork would stay held forever. A fork inside a parallel section hands the child the host's BLAS setting back."""
+    global _POOL, _POOL_LOCK, _BLAS_LOCK, _BLAS_USERS, _BLAS_LIMITER
+    _POOL, _POOL_LOCK, _BLAS_LOCK = None, threading.Lock(), threading.Lock()
+    limiter, _BLAS_USERS, _BLAS_LIMITER = _BLAS_LIMITER, 0, None
+    if limiter is not None:
+        try:
+            limiter.restore_original_limits()
+        except Exception:  # pragma: no cover - a BLAS that cannot be set in the child keeps its limit
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def parallel_map(fn, items, xp, calls_blas=True):
@@ -71,17 +147,15 @@ def parallel_map(fn, items, xp, calls_blas=True):
     With calls_blas, each thread gets a single-threaded BLAS (threadpoolctl): Python threads on top of BLAS's own
     threads were 7x slower here (they contend); split this way, 12 heads of YOSO-E at n = 4096 took 0.74 s instead
     of 1.2 s on 2 cores. Pass calls_blas=False for pure elementwise work, which needs no limit. On CuPy: a plain
-    loop (the GPU runs each call in parallel already)."""
-    global _POOL
+    loop (the GPU runs each call in parallel already).
+
+    Safe from any number of threads at once (their items share the one pool) and in forked children."""
     items = list(items)
     workers = min(len(items), cpu_threads())
     # a call from one of the pool's own threads runs in place: waiting on the pool from inside it could deadlock
-    if xp is not np or workers < 2 or threading.current_thread().name.startswith("yoso_np"):
+    if xp is not np or workers < 2 or getattr(_WORKER, "active", False):
         return [fn(i) for i in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(cpu_threads(), thread_name_prefix="yoso_np")
+    pool = _pool()
     caller_errstate = np.geterr()  # np.errstate is per thread: the workers follow the caller's
 
     def call(item):
@@ -89,23 +163,25 @@ def parallel_map(fn, items, xp, calls_blas=True):
             return fn(item)
 
     if not calls_blas:
-        return list(_POOL.map(call, items))
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        return list(_POOL.map(call, items))
+        return list(pool.map(call, items))
+    with single_threaded_blas():
+        return list(pool.map(call, items))
 
 
 _BLAS_CONTROLLER = None
+_BLAS_CONTROLLER_LOCK = threading.Lock()
 
 
 def _blas_controller():
     """threadpoolctl's view of the loaded BLAS, found once (2 ms); limiting through it then costs ~15 us instead
     of the 0.4 ms a fresh threadpool_limits spends finding the libraries again."""
     global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
+    with _BLAS_CONTROLLER_LOCK:
+        if _BLAS_CONTROLLER is None:
+            from threadpoolctl import ThreadpoolController
 
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER
+            _BLAS_CONTROLLER = ThreadpoolController()
+        return _BLAS_CONTROLLER
 
 
 def scatter_add_rows(num_rows, index, values):

@@ -314,14 +314,28 @@ class Tokenizer:
             raise ValueError("truncation needs max_length")
         inputs = texts if text_pairs is None else list(zip(texts, text_pairs))
         try:
+            backend = self.backend
             if truncation is not False:
-                self.backend.enable_truncation(int(max_length), stride=int(stride), strategy=strategies[truncation])
-            return self.backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
+                backend = self._truncating_backend(int(max_length), int(stride), strategies[truncation])
+            return backend.encode_batch(inputs, add_special_tokens=add_special_tokens)
         except Exception as exc:  # e.g. max_length shorter than the special tokens of a pair, stride too long
             raise ValueError(f"cannot encode the texts with max_length={max_length}, stride={stride}: {exc}") \
                 from None
-        finally:
-            self.backend.no_truncation()
+
+    def _truncating_backend(self, max_length, stride, strategy):
+        """A copy of the backend that truncates so, made once per setting and never changed after: truncation is
+        state of a `tokenizers.Tokenizer`, and setting it on the shared one for a call would truncate (or not)
+        the texts of other threads' calls at the same moment."""
+        key = (max_length, stride, strategy)
+        copies = self.__dict__.setdefault("_truncating", {})
+        backend = copies.get(key)
+        if backend is None:
+            backend = BackendTokenizer.from_str(self.backend.to_str())
+            backend.enable_truncation(max_length, stride=stride, strategy=strategy)  # raises for a bad setting
+            if len(copies) >= 8:  # a few settings are used over and over; more is a caller's sweep
+                copies.clear()
+            copies[key] = backend
+        return backend
 
     def __repr__(self):
         return (f"Tokenizer(vocab_size={self.vocab_size}, model_max_length={self.model_max_length}, "
