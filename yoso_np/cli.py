@@ -128,6 +128,79 @@ def finetune(args):
     return run_finetune(args)
 
 
+# ------------------------------------------------------------------------------------------------ predict
+def predict_arguments(parser):
+    from .pipelines import ALIASES, TASKS
+
+    add_hub_arguments(parser)
+    parser.add_argument("--task", required=True, choices=sorted([*TASKS, *ALIASES]), help="what to predict")
+    parser.add_argument("--input", required=True, metavar="FILE",
+                        help="rows to predict: .jsonl/.ndjson, .json (a list), .csv, .tsv or .parquet")
+    parser.add_argument("--output", required=True, metavar="PATH",
+                        help="where the rows go with their predictions: .jsonl, .parquet, or a folder of shards "
+                             "when PATH ends with /")
+    parser.add_argument("--text-field", default="text", help="field holding the text (default text)")
+    parser.add_argument("--text-pair-field", help="field holding the second text of a pair (text-classification)")
+    parser.add_argument("--question-field", default="question", help="question-answering: (default question)")
+    parser.add_argument("--context-field", default="context", help="question-answering: (default context)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="rows per model call (default 16)")
+    parser.add_argument("--max-length", type=positive_int,
+                        help="longest input in tokens (default the model's; question-answering: the window)")
+    parser.add_argument("--truncation", action="store_true", help="cut longer texts instead of refusing them")
+    parser.add_argument("--top-k", type=positive_int,
+                        help="text-classification: the k best labels as a list; fill-mask (default 5) and "
+                             "question-answering: predictions per row")
+    parser.add_argument("--pooling", choices=("mean", "cls", "none"), default="mean",
+                        help="feature-extraction: one vector per row (default mean) or every token's (none)")
+    parser.add_argument("--normalize", action="store_true", help="feature-extraction: unit-length vectors")
+    parser.add_argument("--aggregation-strategy", choices=("none", "simple", "first", "average", "max"),
+                        default="none", help="token-classification: how tokens become entities")
+    parser.add_argument("--doc-stride", type=bounded(int, 0, strict=False),
+                        help="question-answering: tokens shared by consecutive windows of a long context")
+    parser.add_argument("--prefix", default="", help="put before the prediction fields' names (e.g. pred_)")
+    parser.add_argument("--shard-size", type=positive_int, default=1000,
+                        help="rows per shard, the unit of resuming (default 1000)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the model runs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="run on Ray Data: the cluster at ADDRESS ('auto': the one this machine joined), or a "
+                             "local cluster started for the run when no ADDRESS is given; PATH must be a folder")
+    parser.add_argument("--num-workers", type=positive_int,
+                        help="--ray: model actors (default: fit the cluster's CPUs, leaving room for reading and "
+                             "writing)")
+
+
+@command("predict", "run a model over a file of rows (see yoso_np.predict)", predict_arguments)
+def predict(args):
+    import os
+
+    from .predict import PredictOptions, run_predict
+
+    options = PredictOptions(
+        task=args.task, text_field=args.text_field, text_pair_field=args.text_pair_field,
+        question_field=args.question_field, context_field=args.context_field, batch_size=args.batch_size,
+        max_length=args.max_length, truncation=args.truncation, top_k=args.top_k,
+        pooling=None if args.pooling == "none" else args.pooling, normalize=args.normalize,
+        aggregation_strategy=args.aggregation_strategy, doc_stride=args.doc_stride, prefix=args.prefix)
+    hub = hub_kwargs(args)
+    if args.ray is not None:
+        from .ray_data import run_ray
+
+        rows = run_ray(args.model, args.input, args.output, options, address=args.ray or None,
+                       num_workers=args.num_workers, device=args.device, quiet=args.quiet, **hub)
+    else:
+        from .pipelines import pipeline
+
+        model_id = os.path.abspath(args.model) if os.path.isdir(args.model) else f"{args.model}@{args.revision}"
+        rows = run_predict(lambda: pipeline(options.task, args.model, device=args.device,
+                                            batch_size=args.batch_size, **hub),
+                           args.input, args.output, options, model_id=model_id, shard_size=args.shard_size,
+                           quiet=args.quiet)
+    if not args.quiet:
+        print(f"{PROG}: wrote {rows} rows to {args.output}", file=sys.stderr)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser():
     parser = ArgumentParser(prog=PROG, description="YOSO transformers in NumPy and CuPy")

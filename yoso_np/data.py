@@ -1,4 +1,5 @@
-"""Training data for the fine-tuner: reading JSON Lines / JSON / CSV / TSV, labels, batches, MLM masking.
+"""Data for the fine-tuner and `yoso-np predict`: reading JSON Lines / JSON / CSV / TSV / Parquet, labels, batches,
+MLM masking.
 
     records = read_records("train.jsonl")             # [(where, dict)]; errors name the file and the line
     texts, pairs, raw = extract_fields(records, text_field="text", label_field="label")
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
+           ".parquet": "parquet"}
 IGNORE_INDEX = -100  # label of positions that do not count in the loss (transformers' convention)
 
 
@@ -27,8 +29,9 @@ class DataError(ValueError):
 # -- reading files ---------------------------------------------------------------------------------------------
 def read_records(path):
     """The records of a data file as a list of (where, dict), where = "FILE, line N" (or "item N" in a
-    JSON list) for error messages; the format comes from the extension:
-    .jsonl/.ndjson (one object a line), .json (a list of objects), .csv/.tsv (a header row)."""
+    JSON list, "row N" in Parquet) for error messages; the format comes from the extension:
+    .jsonl/.ndjson (one object a line), .json (a list of objects), .csv/.tsv (a header row), .parquet (needs
+    pyarrow: the `parquet` extra)."""
     path = os.fspath(path)
     kind = FORMATS.get(os.path.splitext(path)[1].lower())
     if kind is None:
@@ -36,6 +39,11 @@ def read_records(path):
                         f"expected one of {', '.join(sorted(FORMATS))}")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
+    if kind == "parquet":
+        records = _read_parquet(path)
+        if not records:
+            raise DataError(f"{path}: the file holds no records")
+        return records
     try:
         with open(path, encoding="utf-8", newline="") as f:
             records = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_table, "tsv": _read_table}[kind](
@@ -98,6 +106,18 @@ def _read_table(f, path, delimiter):
         raise DataError(f"{path}, line {reader.line_num}: malformed {('CSV', 'TSV')[delimiter == chr(9)]} ({exc})") \
             from None
     return records
+
+
+def _read_parquet(path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'yoso_np[parquet]')") from None
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises ArrowInvalid and OSError subclasses for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(exc).split())})") from None
+    return [(f"{path}, row {number}", row) for number, row in enumerate(rows, 1)]
 
 
 def extract_fields(records, *, text_field="text", text_pair_field=None, label_field=None):

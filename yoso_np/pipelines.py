@@ -35,6 +35,15 @@ DEFAULT_BATCH_SIZE = 16
 _UNSET = object()  # text-classification tells "top_k not given" (one dict per text) from top_k=None (all labels)
 
 
+class InputTooLong(ValueError):
+    """A text with more tokens than the limit; ``index`` is its place in the call's list."""
+
+    def __init__(self, index, tokens, limit):
+        super().__init__(f"text {index} has {tokens} tokens, more than the limit of {limit}; "
+                         f"pass truncation=True to cut it")
+        self.index, self.tokens, self.limit = index, tokens, limit
+
+
 def _positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -56,6 +65,7 @@ class Pipeline:
 
     task = None
     model_class = None
+    sort_by_length = True  # run()'s default; False keeps the input order in the batches (to measure sorting)
 
     def __init__(self, model, tokenizer, *, batch_size=DEFAULT_BATCH_SIZE):
         if not isinstance(model, YosoPreTrainedModel):
@@ -98,17 +108,17 @@ class Pipeline:
                     encodings[i] = e
         for i, e in enumerate(encodings):
             if len(e.ids) > limit:
-                raise ValueError(f"text {i} has {len(e.ids)} tokens, more than the limit of {limit}; "
-                                 f"pass truncation=True to cut it")
+                raise InputTooLong(i, len(e.ids), limit)
         return encodings
 
-    def run(self, encodings, *, batch_size=None, sort=True, **options):
+    def run(self, encodings, *, batch_size=None, sort=None, **options):
         """The model's outputs for each encoding, in input order (see forward).
 
         The rows are sorted by length (stable) and cut into batches of batch_size, so each batch pads only to its
-        own longest row; sort=False keeps the input order in the batches (for measuring what sorting saves).
+        own longest row; sort=False keeps the input order in the batches (default: self.sort_by_length).
         """
         batch_size = self.batch_size if batch_size is None else _positive_int(batch_size, "batch_size")
+        sort = self.sort_by_length if sort is None else sort
         lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
         order = np.argsort(lengths, kind="stable") if sort else np.arange(len(encodings))
         pad_id = self.tokenizer.pad_token_id
