@@ -55,9 +55,11 @@ def resolve_file(path_or_repo_id, filename, *, revision=None, cache_dir=None, lo
                  required=True):
     """Path of ``filename`` inside a local folder, or inside a hub repo (downloaded or from the local cache).
 
-    Returns None for a missing file when ``required=False``; otherwise a missing file raises FileNotFoundError
-    naming the folder or repo. A missing repo or revision always raises OSError. With ``local_files_only`` or
-    HF_HUB_OFFLINE set, only the local cache is read and the network is never touched.
+    Returns None for a missing file when ``required=False``. Otherwise every failure is an OSError that names its
+    cause: FileNotFoundError for a file missing from the folder or repo, OSError for a repo or revision that does
+    not exist, PermissionError for a gated or private repo without an accepted token, ConnectionError when the
+    hub cannot be reached (within seconds, not after huggingface_hub's 23 s of retries). With
+    ``local_files_only`` or HF_HUB_OFFLINE set, only the local cache is read and the network is never touched.
     """
     path_or_repo_id = os.fspath(path_or_repo_id)
     if os.path.isdir(path_or_repo_id):
@@ -68,8 +70,8 @@ def resolve_file(path_or_repo_id, filename, *, revision=None, cache_dir=None, lo
             raise FileNotFoundError(f"{filename} not found in the folder {path_or_repo_id}")
         return None
 
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.utils import (EntryNotFoundError, HFValidationError, LocalEntryNotFoundError,
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, HFValidationError, LocalEntryNotFoundError,
                                        RepositoryNotFoundError, RevisionNotFoundError, validate_repo_id)
 
     try:
@@ -78,26 +80,110 @@ def resolve_file(path_or_repo_id, filename, *, revision=None, cache_dir=None, lo
         raise FileNotFoundError(
             f"{path_or_repo_id!r} is neither an existing folder nor a valid hub repo id ({exc})") from None
     offline = local_files_only or _offline_from_env()
+    repo = f"hub repo {path_or_repo_id!r}" + (f" at revision {revision!r}" if revision is not None else "")
     try:
+        # a pure file-system lookup first: hf_hub_download(local_files_only=True) may still make a request
+        # (huggingface_hub 2.4 fetches an agent registry while building its headers)
+        cached = try_to_load_from_cache(path_or_repo_id, filename, cache_dir=cache_dir, revision=revision)
         if offline:
-            # a pure file-system lookup: hf_hub_download(local_files_only=True) may still make a request
-            # (huggingface_hub 2.4 fetches an agent registry while building its headers)
-            path = try_to_load_from_cache(path_or_repo_id, filename, cache_dir=cache_dir, revision=revision)
-            if isinstance(path, str):
-                return path
+            if isinstance(cached, str):
+                return cached
             raise LocalEntryNotFoundError(filename)
-        return hf_hub_download(path_or_repo_id, filename, revision=revision, cache_dir=cache_dir, token=token)
-    except RepositoryNotFoundError as exc:
-        raise OSError(f"hub repo {path_or_repo_id!r} not found (private or gated repos need token=): {exc}") from None
+        return _hub_download(path_or_repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
+                             cached=isinstance(cached, str))
+    except GatedRepoError:
+        raise PermissionError(
+            f"{repo} is gated: accept its conditions on the hub, then log in (hf auth login, or HF_TOKEN) or pass "
+            f"token= (--token) for an account that has access") from None
+    except RepositoryNotFoundError:
+        raise OSError(f"{repo} does not exist, or is private and needs token= (--token) or a login "
+                      "(hf auth login, or HF_TOKEN)") from None
     except RevisionNotFoundError:
         raise OSError(f"revision {revision!r} not found in hub repo {path_or_repo_id!r}") from None
-    except (EntryNotFoundError, LocalEntryNotFoundError):
+    except (EntryNotFoundError, LocalEntryNotFoundError) as exc:
+        network = _network_failure(exc)
+        if network is not None and not offline:
+            raise _unreachable(path_or_repo_id, filename, network) from None
         if not required:
             return None
-        at_revision = f" at revision {revision!r}" if revision is not None else ""
         where = " in the local cache (offline: the network was not used)" if offline else ""
-        raise FileNotFoundError(
-            f"{filename} not found for hub repo {path_or_repo_id!r}{at_revision}{where}") from None
+        raise FileNotFoundError(f"{filename} not found for {repo}{where}") from None
+    except Exception as exc:
+        network = _network_failure(exc)
+        if network is None:
+            raise
+        raise _unreachable(path_or_repo_id, filename, network) from None
+
+
+def _hub_download(repo_id, filename, *, revision, cache_dir, token, cached):
+    """hf_hub_download, after one quick look at the hub for a file not yet in the cache.
+
+    With no network, hf_hub_download retries a file it does not hold for 23 s (1 + 2 + 4 + 8 + 8 s of backoff)
+    and then reports it as not found. The look (a HEAD request, tried twice with 1 s between, each within
+    HF_HUB_ETAG_TIMEOUT) fails in about a second instead and names the network; it also answers for a missing
+    repo or file without a download attempt. A file in the cache goes straight to hf_hub_download, which falls
+    back to the cached copy at once when the hub cannot be reached.
+    """
+    import huggingface_hub
+
+    if not cached:
+        _look_up(repo_id, filename, revision=revision, token=token)
+    return huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token)
+
+
+_LOOK_UP_ATTEMPTS, _LOOK_UP_PAUSE = 2, 1.0  # seconds between the attempts
+
+
+def _look_up(repo_id, filename, *, revision, token):
+    import inspect
+    import time
+
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(repo_id, filename, revision=revision)
+    options = dict(token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters:
+        options["retry_on_errors"] = False
+    for attempt in range(_LOOK_UP_ATTEMPTS):
+        try:
+            return get_hf_file_metadata(url, **options)
+        except Exception as exc:
+            if attempt + 1 == _LOOK_UP_ATTEMPTS or _network_failure(exc) is None:
+                raise
+            time.sleep(_LOOK_UP_PAUSE)
+
+
+_NETWORK_ERROR_MODULES = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3", "aiohttp")
+
+
+def _network_failure(exc):
+    """The exception in ``exc``'s chain that says the hub could not be reached (DNS, refused or dropped
+    connection, timeout, proxy), or None. huggingface_hub reports a missing network as LocalEntryNotFoundError
+    ("not found") with the connection error as its cause."""
+    import socket
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        kind = type(exc)
+        if kind.__name__ == "OfflineModeIsEnabled":
+            return None  # not a network failure: offline mode was asked for
+        if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror, socket.timeout)):
+            return exc
+        if kind.__module__.split(".")[0] in _NETWORK_ERROR_MODULES and any(
+                word in k.__name__ for k in kind.__mro__ for word in ("Connect", "Timeout", "Network", "Proxy")):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _unreachable(repo_id, filename, cause):
+    from huggingface_hub import constants
+
+    return ConnectionError(
+        f"cannot reach the hub ({constants.ENDPOINT}) for {filename} of {repo_id!r}: {type(cause).__name__}: "
+        f"{cause}. Without a network, pass a local folder that holds the model's files instead of the repo id, or "
+        "set HF_HUB_OFFLINE=1 (or local_files_only=True, --local-files-only) to use a hub cache that holds them")
 
 
 def load_state_dict(path_or_repo_id, *, revision=None, cache_dir=None, local_files_only=False, token=None,
