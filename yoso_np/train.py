@@ -36,7 +36,7 @@ TMP_PREFIX = ".tmp-checkpoint-"
 SCHEDULES = ("linear", "constant")
 TASKS = ("sequence-classification", "masked-lm")
 # independent random streams of one step: default_rng([seed, stream, step])
-DROPOUT_STREAM, MASKING_STREAM, EVAL_STREAM = 0, 1, 2
+DROPOUT_STREAM, MASKING_STREAM, EVAL_STREAM, GROUPING_STREAM = 0, 1, 2, 3
 
 
 class UsageError(ValueError):
@@ -158,6 +158,7 @@ class TrainingArguments:
     resume: bool = False
     device: str | None = None  # None: where the model is
     quiet: bool = False
+    group_by_length: bool = False  # training batches of rows of similar length (transformers' option)
 
     def validate(self):
         def check(ok, name, expected):
@@ -183,6 +184,7 @@ class TrainingArguments:
         check(0 < self.mlm_probability < 1, "mlm_probability", "in (0, 1)")
         check(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
         check(self.device in (None, "cpu", "cuda"), "device", "'cpu', 'cuda' or None")
+        check(isinstance(self.group_by_length, bool), "group_by_length", "True or False")
         check(not self.nesterov or self.momentum > 0, "momentum", "> 0 with nesterov")
         return self
 
@@ -202,6 +204,21 @@ def data_order(state, n):
     bit_generator = getattr(np.random, state["bit_generator"])()
     bit_generator.state = state
     return np.random.Generator(bit_generator).permutation(n)
+
+
+def length_grouped_order(order, lengths, batch_size, rng, groups_per_window=50):
+    """``order`` (a shuffled permutation) rearranged into batches of rows of similar length, as transformers'
+    group_by_length: windows of groups_per_window batches of the shuffled order are each sorted by length (longest
+    first, ties in shuffled order) and cut into batches, and the batches of all windows are shuffled by ``rng``.
+    Every row once; a short last batch stays last, since the loop cuts the order into batch_size slices."""
+    lengths = np.asarray(lengths)
+    window = batch_size * groups_per_window
+    batches = []
+    for w in np.split(order, range(window, len(order), window)):
+        w = w[np.argsort(-lengths[w], kind="stable")]
+        batches.extend(np.split(w, range(batch_size, len(w), batch_size)))
+    short = [] if len(batches[-1]) == batch_size else [batches.pop()]
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))] + short)
 
 
 # -- evaluation ------------------------------------------------------------------------------------------------
@@ -242,8 +259,11 @@ def evaluate(model, data, *, batch_size=32, seed=0, mlm_probability=0.15):
 
     is_mlm = isinstance(model, YosoForMaskedLM)
     total_loss, total_count, outputs, targets = 0.0, 0, [], []
+    # rows sorted by length, so that each batch pads only to its own longest row (the metrics do not depend on
+    # the order)
+    by_length = np.argsort([r.shape[-1] for r in data.rows], kind="stable")
     for number, start in enumerate(range(0, len(data), batch_size)):
-        batch = data.batch(range(start, min(start + batch_size, len(data))))
+        batch = data.batch(by_length[start:start + batch_size])
         rng = step_rng(seed, EVAL_STREAM, number)
         if is_mlm:
             batch["input_ids"], batch["labels"] = mask_tokens(
@@ -394,8 +414,9 @@ def train(model, train_data, eval_data=None, *, args, tokenizer=None, run_info=N
     if checkpoints:
         last_checkpoint = checkpoints[-1][1]
         state = load_checkpoint(last_checkpoint, model, optimizer)
-        for key, now in (("seed", args.seed), ("batch_size", batch_size), ("num_train_rows", n)):
-            was = state["args"][key] if key in state["args"] else state[key]
+        for key, now in (("seed", args.seed), ("batch_size", batch_size), ("num_train_rows", n),
+                         ("group_by_length", args.group_by_length)):
+            was = state["args"][key] if key in state["args"] else state.get(key, False)
             if was != now:
                 raise UsageError(f"cannot resume {last_checkpoint}: it was trained with {key}={was}, now {now}")
         step, epoch, first_batch = state["global_step"], state["epoch"], state["batch_in_epoch"]
@@ -417,7 +438,8 @@ def train(model, train_data, eval_data=None, *, args, tokenizer=None, run_info=N
                 "data_order": {"epoch": next_epoch, "seed": [args.seed, next_epoch],
                                "generator_state": data_order_state(args.seed, next_epoch)},
                 "step_rng": f"numpy.random.default_rng([seed, stream, step]), streams: dropout/LSH "
-                            f"{DROPOUT_STREAM}, masking {MASKING_STREAM}, evaluation {EVAL_STREAM}",
+                            f"{DROPOUT_STREAM}, masking {MASKING_STREAM}, evaluation {EVAL_STREAM}, "
+                            f"length groups {GROUPING_STREAM} (step = epoch)",
                 "labels": labels_info, "args": dataclasses.asdict(args), "run": run_info or {},
                 "log_history": log_history, "loss_window": window}
 
@@ -439,6 +461,9 @@ def train(model, train_data, eval_data=None, *, args, tokenizer=None, run_info=N
             order_state = restored_order if epoch == start_epoch and restored_order else data_order_state(args.seed,
                                                                                                            epoch)
             order = data_order(order_state, n)
+            if args.group_by_length:
+                order = length_grouped_order(order, [r.shape[-1] for r in train_data.rows], batch_size,
+                                             step_rng(args.seed, GROUPING_STREAM, epoch))
             for b in range(first_batch, batches_per_epoch):
                 batch = train_data.batch(order[b * batch_size:(b + 1) * batch_size])
                 if is_mlm:
@@ -560,6 +585,8 @@ def add_finetune_arguments(parser):
     parser.add_argument("--save-total-limit", type=_positive_int, default=None, help="keep only the newest N")
     parser.add_argument("--logging-steps", type=_positive_int, default=defaults.logging_steps)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in DIR")
+    parser.add_argument("--group-by-length", action="store_true",
+                        help="batches of texts of similar length (less padding), shuffled, reproducible from --seed")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return parser
@@ -593,7 +620,8 @@ def prepare_finetune(args):
         max_grad_norm=args.max_grad_norm or None, warmup_steps=args.warmup_steps, schedule=args.schedule,
         seed=args.seed, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         logging_steps=getattr(args, "logging_steps", 10), mlm_probability=getattr(args, "mlm_probability", 0.15),
-        resume=args.resume, device=args.device, quiet=args.quiet).validate()
+        resume=args.resume, device=args.device, quiet=args.quiet,
+        group_by_length=getattr(args, "group_by_length", False)).validate()
     if not isinstance(args.max_length, int) or args.max_length <= 0:
         raise UsageError(f"max_length must be a positive integer, got {args.max_length!r}")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
