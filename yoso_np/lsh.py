@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from . import cpu_kernels
-from .backend import is_cupy_array
+from .backend import is_cupy_array, scatter_add_rows
 
 MAX_HASH_CODE_LEN = 24  # codes are summed exactly in float32 (< 2**24) and stored in int32
 
@@ -501,14 +501,25 @@ def _table_rows(key_codes, query_codes, capacity):
 def _scatter_rows(rows, value, table_rows):
     """[table_rows, d]: table[r] = sum of value[k] over every (k, j) with rows[k, j] == r.
 
-    This is a scatter-add with conflicts, i.e. S @ value for the sparse 0/1 matrix S[rows[k, j], k] = 1; scipy's
-    compiled CSC product does it in one pass (about 3x faster than sorting keys into buckets with NumPy).
+    This is a scatter-add with conflicts, i.e. S @ value for the sparse 0/1 matrix S[rows[k, j], k] = 1. scipy, where
+    installed (it is optional), does it in one pass of its compiled CSC product; otherwise the keys are sorted into
+    their rows (backend.scatter_add_rows). See _SCIPY_COST for what that costs.
     """
-    import scipy.sparse
     n_k, per_key = rows.shape
-    s = scipy.sparse.csc_matrix((np.ones(rows.size, dtype=value.dtype), rows.reshape(-1),
-                                 np.arange(0, rows.size + 1, per_key)), shape=(table_rows, n_k))
+    sparse = _scipy_sparse()
+    if sparse is None:
+        return scatter_add_rows(table_rows, rows.T.reshape(-1), np.tile(value, (per_key, 1)))
+    s = sparse.csc_matrix((np.ones(rows.size, dtype=value.dtype), rows.reshape(-1),
+                           np.arange(0, rows.size + 1, per_key)), shape=(table_rows, n_k))
     return np.asarray(s @ value)
+
+
+def _scipy_sparse():
+    try:
+        import scipy.sparse
+    except ImportError:
+        return None
+    return scipy.sparse
 
 
 def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask, key_hash_code, key_weight, value,
