@@ -1,11 +1,13 @@
 """CPU forward of a base-size YosoModel: yoso_np (NumPy) against transformers (torch) and ONNX Runtime.
 
-    python benchmarks/bench_inference.py                                  # n = 512, 1024, 4096, all impls
-    python benchmarks/bench_inference.py --layers 1 --lengths 128 --repeats 1   # smoke test
-    python benchmarks/bench_inference.py --impl yoso_np,yoso_np_sampling,floor --lengths 4096 --rounds 3
+    python benchmarks/bench_inference.py                                  # batch 1, n = 512, 1024, 4096, all impls
+    python benchmarks/bench_inference.py --layers 2 --shapes 1x16,1x128,32x128,8x512 --rounds 3
+                                                 # batches of short and medium texts
+    python benchmarks/bench_inference.py --layers 1 --shapes 1x128 --repeats 1   # smoke test
+    python benchmarks/bench_inference.py --impl yoso_np,yoso_np_sampling,floor --shapes 1x4096 --rounds 3
                                                  # with the floor under the sampling mode's time (see PROBES)
 
-Each (impl, n) runs in a fresh process: time, peak extra memory of one forward, and the output is compared
+Each (impl, batch x n) runs in a fresh process: time, peak extra memory of one forward, and the output is compared
 with torch's. See benchmarks/README.md.
 """
 import argparse
@@ -66,8 +68,8 @@ def export_onnx(layers):
 
 
 def run_case(case):
-    impl, n = case["impl"], case["n"]
-    ids, mask = common.input_arrays(1, n, common.BASE["vocab_size"])
+    impl, batch, n = case["impl"], case["batch"], case["n"]
+    ids, mask = common.input_arrays(batch, n, common.BASE["vocab_size"])
     if impl == "onnx":
         import onnxruntime as ort
 
@@ -95,7 +97,7 @@ def run_case(case):
                 return model(input_ids=ids, attention_mask=mask, rng=0).last_hidden_state
 
             model(input_ids=ids[:, :8], attention_mask=mask[:, :8], rng=0)  # numba's import and compiles: once a process
-    out, stats = common.measure(forward, case["repeats"], f"{impl} n={n}")
+    out, stats = common.measure(forward, case["repeats"], f"{impl} {batch}x{n}")
     return ({} if impl == "floor" else {"last_hidden_state": out}), stats  # the floor's output means nothing
 
 
@@ -113,7 +115,7 @@ def main():
     if "--worker" in sys.argv:
         return common.worker_main(run_case)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", default="512,1024,4096", help="sequence lengths, comma-separated")
+    parser.add_argument("--shapes", default="1x512,1x1024,1x4096", help="comma-separated batch x n")
     common.add_run_arguments(parser, IMPLS, "forwards")
     parser.add_argument("--layers", type=int, default=12, help="encoder layers (shrink for smoke tests)")
     parser.add_argument("--export-onnx", action="store_true", help=argparse.SUPPRESS)
@@ -121,18 +123,19 @@ def main():
     if args.export_onnx:
         return export_onnx(args.layers)
     impls = common.chosen_impls(parser, args, IMPLS + PROBES)
-    lengths = [int(n) for n in args.lengths.split(",")]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
 
     path = onnx_path(args.layers)
     if "onnx" in impls and not path.exists():
         common.progress(f"exporting transformers' YosoModel to {path} (once)")
         subprocess.run([sys.executable, __file__, "--export-onnx", "--layers", str(args.layers)], check=True)
-    cases = [dict(impl=impl, n=n, size=str(n), layers=args.layers, repeats=args.repeats, onnx=str(path))
-             for n in lengths for impl in impls]
-    print(f"## YosoModel forward on CPU: batch 1, hidden 768, 12 heads, {args.layers} layers, FFN 3072, "
+    cases = common.with_baseline([dict(impl=impl, batch=b, n=n, size=f"{b}x{n}", layers=args.layers,
+                                       repeats=args.repeats, onnx=str(path)) for b, n in shapes for impl in impls],
+                                 args.baseline)
+    print(f"## YosoModel forward on CPU: hidden 768, 12 heads, {args.layers} layers, FFN 3072, "
           f"median of {args.repeats} after 1 warm-up, x {args.rounds} interleaved rounds\n")
     with tempfile.TemporaryDirectory(prefix="yoso_np_bench_") as out_dir:
-        common.run_all(__file__, cases, out_dir, "n", "max abs diff vs torch", args.rounds)
+        common.run_all(__file__, cases, out_dir, "batch x n", "max abs diff vs torch", args.rounds)
 
 
 if __name__ == "__main__":

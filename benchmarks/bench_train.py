@@ -2,6 +2,7 @@
 forward_backward against torch autograd through transformers (eval mode, dropout off, loss.backward()).
 
     python benchmarks/bench_train.py                                      # batch x n = 2x512, 1x2048
+    python benchmarks/bench_train.py --shapes 16x128,32x128 --rounds 3    # batches of short texts
     python benchmarks/bench_train.py --layers 1 --shapes 2x64 --repeats 1 # smoke test
 
 Each (impl, shape) runs in a fresh process. See benchmarks/README.md.
@@ -62,8 +63,8 @@ def main():
     args = parser.parse_args()
     impls = common.chosen_impls(parser, args, IMPLS)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    cases = [dict(impl=impl, batch=b, n=n, size=f"{b}x{n}", layers=args.layers, repeats=args.repeats)
-             for b, n in shapes for impl in impls]
+    cases = common.with_baseline([dict(impl=impl, batch=b, n=n, size=f"{b}x{n}", layers=args.layers,
+                                       repeats=args.repeats) for b, n in shapes for impl in impls], args.baseline)
     print(f"## YosoForSequenceClassification training step on CPU: hidden 768, 12 heads, {args.layers} layers, "
           f"FFN 3072, eval mode, median of {args.repeats} after 1 warm-up, x {args.rounds} interleaved rounds\n")
     with tempfile.TemporaryDirectory(prefix="yoso_np_bench_") as out_dir:

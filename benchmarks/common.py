@@ -105,6 +105,23 @@ def add_run_arguments(parser, impls, unit):
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every case this many times, interleaved, against a drifting machine")
     parser.add_argument("--impl", default=",".join(impls), help=f"comma-separated subset of {','.join(impls)}")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also run each yoso_np implementation from the yoso_np checkout in DIR (rows IMPL@base), "
+                             "interleaved with this checkout's: before and after a change in one run")
+
+
+def with_baseline(cases, baseline):
+    """Each yoso_np case followed by the same case run from the checkout ``baseline`` (impl "IMPL@base")."""
+    if not baseline:
+        return cases
+    if not os.path.isdir(os.path.join(baseline, "yoso_np")):
+        raise SystemExit(f"--baseline: {baseline} is not a yoso_np checkout (no yoso_np folder in it)")
+    out = []
+    for case in cases:
+        out.append(case)
+        if case["impl"] not in ("torch", "onnx"):
+            out.append({**case, "impl": case["impl"] + "@base", "src": os.path.abspath(baseline)})
+    return out
 
 
 def chosen_impls(parser, args, impls):
@@ -130,8 +147,10 @@ def run_worker(script, case):
 def worker_main(run_case):
     """Entry of a worker: run_case(case) -> (outputs dict of arrays, stats). An exception becomes an error row."""
     case = json.loads(sys.argv[sys.argv.index("--worker") + 1])
+    if case.get("src"):  # a --baseline case: that checkout's yoso_np
+        sys.path.insert(0, case["src"])
     try:
-        outputs, stats = run_case(case)
+        outputs, stats = run_case({**case, "impl": case["impl"].split("@")[0]})
     except Exception as exc:  # reported as a skipped row, e.g. an implementation that is not finished
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         return
@@ -171,31 +190,37 @@ def machine_info():
 
 
 def markdown_table(rows, size_header, diff_header):
-    """rows: dicts with size, impl and either time/extra_mib/process_peak_mib/diff or error."""
-    torch_rows = {r["size"]: r for r in rows if r["impl"] == "torch" and "error" not in r}
+    """rows: dicts with size, impl and either time/extra_mib/process_peak_mib/diff or error. Times are also given
+    as ratios to torch's and, where it ran, ONNX Runtime's at the same size; memory as a ratio to torch's."""
+    refs = [impl for impl in ("torch", "onnx") if any(r["impl"] == impl and "error" not in r for r in rows)]
+    by_impl = {(r["impl"], r["size"]): r for r in rows if "error" not in r}
 
-    def ratio(r, key):
-        ref = torch_rows.get(r["size"])
-        return f"{r[key] / ref[key]:.2f}" if ref and ref[key] > 0 else "-"
+    def ratio(r, key, ref):
+        base = by_impl.get((ref, r["size"]))
+        return f"{r[key] / base[key]:.2f}" if base and base[key] > 0 else "-"
 
-    out = [f"| {size_header} | impl | time (s) | x torch | peak extra memory (MiB) | x torch | "
-           f"process peak (MiB) | {diff_header} |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    time_ratios = "".join(f" x {ref} |" for ref in refs)
+    out = [f"| {size_header} | impl | time (s) |{time_ratios} peak extra memory (MiB) | x torch | "
+           f"process peak (MiB) | {diff_header} |", "|---|---|---:|" + "---:|" * len(refs) + "---:|---:|---:|---:|"]
     notes = []
     for r in rows:
         if "error" in r:
             notes.append(f"- {r['impl']} at {size_header} {r['size']}: skipped, {r['error']}")
             continue
         diff = "-" if r.get("diff") is None else f"{r['diff']:.2e}"
-        out.append(f"| {r['size']} | {r['impl']} | {r['time']:.3f} | {ratio(r, 'time')} | {r['extra_mib']:.0f} | "
-                   f"{ratio(r, 'extra_mib')} | {r['process_peak_mib']:.0f} | {diff} |")
+        out.append(f"| {r['size']} | {r['impl']} | {r['time']:.3f} |" + "".join(f" {ratio(r, 'time', ref)} |"
+                                                                              for ref in refs) +
+                   f" {r['extra_mib']:.0f} | {ratio(r, 'extra_mib', 'torch')} | {r['process_peak_mib']:.0f} | {diff} |")
         if not r["hwm_reset"]:
             notes.append(f"- {r['impl']} at {r['size']}: could not reset VmHWM, so the peak may be the loading's")
-    by_impl = {(r["impl"], r["size"]): r for r in rows if "error" not in r}
     shares = {"yoso_np_sampling": "yoso_np_sampling takes {:.2f} of yoso_np's (expectation) time",
               "floor": "the floor (the sampling forward less its attention kernels) takes {:.2f} of yoso_np's time"}
     for (impl, size), r in by_impl.items():
         if impl in shares and ("yoso_np", size) in by_impl:
             notes.append(f"- {size_header} {size}: " + shares[impl].format(r["time"] / by_impl["yoso_np", size]["time"]))
+        if impl.endswith("@base") and (impl[:-5], size) in by_impl:
+            notes.append(f"- {size_header} {size}: {impl[:-5]} takes {by_impl[impl[:-5], size]['time'] / r['time']:.2f} "
+                         f"of its baseline's time")
     return "\n".join(out + ([""] + notes if notes else []))
 
 
