@@ -197,8 +197,7 @@ def by_rows(fn, rows, n, xp):
     chunk copied into place by the thread that computed it (a join after the threads was 10% of the sampling
     attention at n = 4096)."""
     chunks = max(1, min(rows, 2 * cpu_threads())) if n >= 256 and xp is np else 1  # a GPU takes all rows at once
-    bounds = np.linspace(0, rows, chunks + 1).astype(int)
-    slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    slices = [slice(rows * i // chunks, rows * (i + 1) // chunks) for i in range(chunks)]
     if len(slices) == 1:
         return fn(slices[0])
     joined, lock = [], threading.Lock()

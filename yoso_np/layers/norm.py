@@ -37,14 +37,16 @@ def _compiled_layer_norm(kernel, p, x, eps):
     y = np.empty_like(rows)
     mean, rstd = np.empty((2, rows.shape[0], 1), dtype=np.float32)
     weight, bias, eps = np.ascontiguousarray(p["weight"]), np.ascontiguousarray(p["bias"]), np.float32(eps)
-    parts = min(cpu_threads(), rows.shape[0]) if rows.size >= PARALLEL_MIN_ELEMENTS else 1
-    bounds = np.linspace(0, rows.shape[0], parts + 1).astype(int)
+    if rows.size < PARALLEL_MIN_ELEMENTS:  # on the caller's thread, with no pool to schedule
+        kernel(rows, weight, bias, eps, y, mean, rstd)
+    else:
+        parts = min(cpu_threads(), rows.shape[0])
 
-    def run(i):
-        r = slice(bounds[i], bounds[i + 1])
-        kernel(rows[r], weight, bias, eps, y[r], mean[r], rstd[r])
+        def run(i):
+            r = slice(rows.shape[0] * i // parts, rows.shape[0] * (i + 1) // parts)
+            kernel(rows[r], weight, bias, eps, y[r], mean[r], rstd[r])
 
-    parallel_map(run, range(parts), np, calls_blas=False)
+        parallel_map(run, range(parts), np, calls_blas=False)
     stats_shape = x.shape[:-1] + (1,)
     return y.reshape(x.shape), (p, x, mean.reshape(stats_shape), rstd.reshape(stats_shape))
 
