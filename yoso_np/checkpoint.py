@@ -322,11 +322,9 @@ def _check_header_entry(path, name, info, data_size):
     return dtype, tuple(shape), begin, end
 
 
-def save_safetensors(tensors, path, metadata=None):
-    """Write ``{name: array}`` (NumPy or CuPy) as a .safetensors file, atomically (temporary file + os.replace).
-
-    ``metadata`` defaults to ``{"format": "pt"}``, which transformers expects.
-    """
+def safetensors_writer(tensors, metadata=None):
+    """``write(binary file)`` that writes ``{name: array}`` (NumPy or CuPy) in the safetensors format, checked
+    before anything is written. ``metadata`` defaults to ``{"format": "pt"}``, which transformers expects."""
     if not isinstance(tensors, dict):
         raise TypeError(f"tensors must be a dict of name -> array, got {type(tensors).__name__}")
     metadata = {"format": "pt"} if metadata is None else metadata
@@ -361,22 +359,64 @@ def save_safetensors(tensors, path, metadata=None):
         for name in sorted(arrays):
             f.write(arrays[name][1].tobytes())
 
-    _write_atomically(os.fspath(path), write)
+    return write
 
 
-def _write_atomically(path, write):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+def save_safetensors(tensors, path, metadata=None):
+    """Write ``{name: array}`` (NumPy or CuPy) as a .safetensors file, atomically (temporary file + os.replace).
+
+    ``metadata`` defaults to ``{"format": "pt"}``, which transformers expects.
+    """
+    path = os.fspath(path)
+    write_files({path: safetensors_writer(tensors, metadata)}, what=path)
+
+
+def _new_file_mode():
+    """0666 less the umask, as open() would create the file; the umask is read without changing it (os.umask
+    sets it for the whole process, a race with other threads)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        with open("/proc/self/status", encoding="ascii") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = 0o022
+    return 0o666 & ~umask
+
+
+_NEW_FILE_MODE = _new_file_mode()
+
+
+def write_files(writes, *, what):
+    """Write ``{path: write(binary file)}`` so that a failure (full disk, read-only folder, a kill) leaves every
+    file as it was: each is written to a temporary file beside it and flushed to disk, and only when all are
+    written are they renamed into place (a rename needs no space). On failure the temporary files are removed
+    and an OSError of the same errno says what could not be saved (``what``) and why."""
+    staged = {}
+    try:
+        for path, write in writes.items():
+            folder = os.path.dirname(os.path.abspath(path))
+            os.makedirs(folder, exist_ok=True)
+            fd, staged[path] = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+            os.fchmod(fd, _NEW_FILE_MODE)  # mkstemp's 0600 would keep the saved model from other users
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, tmp in list(staged.items()):
+            os.replace(tmp, path)
+            del staged[path]
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        where = f" ({exc.filename})" if exc.filename else ""
+        message = f"could not save {what}: {reason}{where}; the files there before are unchanged"
+        error = OSError(exc.errno, message) if exc.errno else OSError(message)  # errno picks the subclass
+        error.reason = reason  # for callers that name what they were saving in their own words
+        raise error from None
+    finally:
+        for tmp in staged.values():
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
 
 
 # ------------------------------------------------------------------------------------------ torch .bin, no torch

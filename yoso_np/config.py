@@ -139,11 +139,13 @@ class YosoConfig:
     def from_json_file(cls, path, **overrides):
         return cls.from_dict(read_json_object(path), **overrides)
 
+    def to_json_string(self):
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def save_pretrained(self, directory):
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, CONFIG_NAME)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
+        """Write config.json into ``directory`` atomically (a failure leaves the old file as it was)."""
+        from .checkpoint import write_files
+
+        text = self.to_json_string().encode("utf-8")
+        write_files({os.path.join(directory, CONFIG_NAME): lambda f: f.write(text)},
+                    what=f"the config to {os.fspath(directory)}")

@@ -181,11 +181,15 @@ class YosoPreTrainedModel:
         return {k: to_numpy(v) for k, v in self.weights.items()}
 
     def save_pretrained(self, directory):
-        os.makedirs(directory, exist_ok=True)
+        """config.json + model.safetensors, both written before either replaces the old one: a full disk or a
+        read-only folder raises OSError and leaves the model saved there before intact."""
         self.config.extra["architectures"] = [type(self).__name__]
         self.config.extra["dtype"] = str(np.dtype(self.dtype))
-        self.config.save_pretrained(directory)
-        checkpoint.save_safetensors(self.state_dict(), os.path.join(directory, WEIGHTS_NAME))
+        config = self.config.to_json_string().encode("utf-8")
+        weights = checkpoint.safetensors_writer(self.state_dict())
+        checkpoint.write_files({os.path.join(directory, WEIGHTS_NAME): weights,
+                                os.path.join(directory, CONFIG_NAME): lambda f: f.write(config)},
+                               what=f"the model to {os.fspath(directory)}")
 
     # -- running --------------------------------------------------------------------------------------------
     def _inputs(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):

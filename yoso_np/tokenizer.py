@@ -140,9 +140,8 @@ class Tokenizer:
                    clean_up_tokenization_spaces=config.get("clean_up_tokenization_spaces", False), config=config)
 
     def save_pretrained(self, directory):
-        """Write tokenizer.json, special_tokens_map.json and tokenizer_config.json into ``directory``."""
-        os.makedirs(directory, exist_ok=True)
-        self.backend.save(os.path.join(directory, TOKENIZER_FILE))
+        """Write tokenizer.json, special_tokens_map.json and tokenizer_config.json into ``directory``, all three
+        before any replaces its old copy (a full disk or read-only folder raises OSError and changes nothing)."""
         special_map = {name: {"content": t.content, "lstrip": t.lstrip, "rstrip": t.rstrip,
                               "normalized": t.normalized, "single_word": t.single_word}
                        for name, t in self.special_tokens.items()}
@@ -151,10 +150,11 @@ class Tokenizer:
         config.setdefault("tokenizer_class", "RobertaTokenizer")
         if self.model_max_length is None:
             del config["model_max_length"]
+        texts = {TOKENIZER_FILE: self.backend.to_str(pretty=True)}
         for name, data in ((SPECIAL_TOKENS_MAP_FILE, special_map), (TOKENIZER_CONFIG_FILE, config)):
-            with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, ensure_ascii=False)
-                f.write("\n")
+            texts[name] = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        checkpoint.write_files({os.path.join(directory, name): (lambda f, b=text.encode("utf-8"): f.write(b))
+                                for name, text in texts.items()}, what=f"the tokenizer to {os.fspath(directory)}")
 
     # -- vocabulary -----------------------------------------------------------------------------------------
     def _special(self, name):

@@ -340,22 +340,33 @@ def save_checkpoint(output_dir, model, optimizer, state, tokenizer=None):
     final = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
     tmp = os.path.join(output_dir, f"{TMP_PREFIX}{step}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    checkpoint.save_safetensors(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER_NAME),
-                                metadata={"format": "yoso_np.sgd"})
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    write_json(os.path.join(tmp, STATE_NAME), state)
-    if os.path.exists(final):  # the same step saved before (a resumed run that was already finished)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        model.save_pretrained(tmp)
+        checkpoint.save_safetensors(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER_NAME),
+                                    metadata={"format": "yoso_np.sgd"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(os.path.join(tmp, STATE_NAME), state)
+        old = None
+        if os.path.exists(final):  # the same step saved before (a resumed run that was already finished)
+            old = os.path.join(output_dir, f"{TMP_PREFIX}{step}-old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)  # moved aside, not deleted, until the new one is in place
+        os.replace(tmp, final)
+    except OSError as exc:  # a full disk or read-only folder: the half-written copy goes, the others stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        message = (f"could not write checkpoint {final}: {reason}; the checkpoints saved before in {output_dir} "
+                   f"are intact")
+        raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def write_json(path, data):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
+    text = (json.dumps(data, indent=2) + "\n").encode("utf-8")
+    checkpoint.write_files({path: lambda f: f.write(text)}, what=path)
 
 
 def load_checkpoint(path, model, optimizer):
