@@ -340,6 +340,7 @@ def save_checkpoint(output_dir, model, optimizer, state, tokenizer=None):
     final = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
     tmp = os.path.join(output_dir, f"{TMP_PREFIX}{step}")
     shutil.rmtree(tmp, ignore_errors=True)
+    old = None
     try:
         model.save_pretrained(tmp)
         checkpoint.save_safetensors(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER_NAME),
@@ -347,7 +348,6 @@ def save_checkpoint(output_dir, model, optimizer, state, tokenizer=None):
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         write_json(os.path.join(tmp, STATE_NAME), state)
-        old = None
         if os.path.exists(final):  # the same step saved before (a resumed run that was already finished)
             old = os.path.join(output_dir, f"{TMP_PREFIX}{step}-old")
             shutil.rmtree(old, ignore_errors=True)
@@ -355,6 +355,8 @@ def save_checkpoint(output_dir, model, optimizer, state, tokenizer=None):
         os.replace(tmp, final)
     except OSError as exc:  # a full disk or read-only folder: the half-written copy goes, the others stay
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.exists(final):
+            os.replace(old, final)
         reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
         message = (f"could not write checkpoint {final}: {reason}; the checkpoints saved before in {output_dir} "
                    f"are intact")
