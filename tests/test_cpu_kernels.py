@@ -239,3 +239,26 @@ def test_numba_switched_off_by_environment(monkeypatch, fresh_kernels):
 def test_only_float32_numpy_weights_are_compiled():
     assert attention._compiled_weights(np, np.float64, 9) is None
     assert attention._compiled_weights(np, np.float32, 32) is None
+
+
+@numba_needed
+def test_compiled_gelu_grad_against_float64_and_numpy(monkeypatch):
+    """dy * (Phi(x) + x phi(x)): the compiled loop against the float64 formula and the NumPy path, also through
+    activation_backward on the parts shared out to the cores."""
+    rng = np.random.default_rng(5)
+    x = (3 * rng.standard_normal((300, 1000))).astype(np.float32)
+    x.reshape(-1)[:8] = [0, -0.0, 1e-30, -1e-30, 9, -9, 40, -40]
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    slope = activations.activation_backward(np.ones_like(x), ("gelu", x))
+    x64 = x.astype(np.float64)
+    exact = 0.5 * erfc(-x64 / np.sqrt(2)) + x64 * np.exp(-x64 ** 2 / 2) / np.sqrt(2 * np.pi)
+    assert np.abs(slope - exact).max() < 2.5e-6  # the tail polynomial's ~2e-6 relative error near 0, as the forward's
+    got = activations.activation_backward(dy, ("gelu", x))
+    assert_close(got, dy * slope, rtol=1e-6, atol=0, name="dy * gelu'")
+    monkeypatch.setattr(cpu_kernels, "gelu_grad", lambda: None)
+    assert np.abs(got - activations.activation_backward(dy, ("gelu", x))).max() < 2.5e-6 * np.abs(dy).max()
+    nan_x = np.array([np.nan, 1.0], np.float32)
+    out = np.empty_like(nan_x)
+    cpu_kernels._compiled(cpu_kernels._gelu_grad_loop)(nan_x, np.ones_like(nan_x), out, activations._GELU_TAIL_POLY_F32,
+                                                        np.float32(activations.INV_SQRT_2PI))
+    assert np.isnan(out[0]) and np.isfinite(out[1])

@@ -131,6 +131,32 @@ def gelu():
     return _compiled(_gelu_loop)
 
 
+def _gelu_grad_loop(x, dy, out, tail_poly, inv_sqrt_2pi):
+    # dx = dy * (Phi(x) + x phi(x)), Phi from gelu's tail polynomial P(Z > |x|) = p(|x|)**-16 (float32 rounding
+    # apart from activations._gelu_grad, which takes Phi from erfc); phi(x) = exp(-x**2 / 2) / sqrt(2 pi)
+    xs, dys, outs = x.reshape(-1), dy.reshape(-1), out.reshape(-1)
+    zero, one, minus_half = np.float32(0.0), np.float32(1.0), np.float32(-0.5)
+    c = tail_poly
+    for i in range(xs.size):
+        v = xs[i]
+        a = np.abs(v)
+        p = a * c[7]
+        for j in range(6, 0, -1):
+            p = (p + c[j]) * a
+        p = p + c[0]
+        for _ in range(4):
+            p = p * p
+        tail = one / p
+        cdf = one - tail if v > zero else tail
+        outs[i] = dys[i] * (cdf + v * (np.exp(minus_half * v * v) * inv_sqrt_2pi))
+
+
+def gelu_grad():
+    """out <- dy * gelu'(x) for C-contiguous float32 arrays, called as ``kernel(x, dy, out, tail_poly, inv_sqrt_2pi)``
+    (float32 constants of layers.activations); None without numba."""
+    return _compiled(_gelu_grad_loop)
+
+
 def _layer_norm_loop(x, weight, bias, eps, out, mean, rstd):
     # the loop form of layers.norm.layer_norm on float32 rows (x, out: [rows, h]; mean, rstd: [rows, 1]): the same
     # two passes (the mean, then the mean square of x - mean) and the same float32 operations per element; only the

@@ -503,6 +503,27 @@ def _elementwise_inplace(fn_into, x):
     return out.reshape(x.shape)
 
 
+def _compiled_gelu_grad(kernel, x, dy):
+    """dy * gelu'(x) by the compiled loop, in parts on all cores when large."""
+    xs, dys = np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(dy).reshape(-1)
+    out = np.empty_like(xs)
+    parts = cpu_threads() if xs.size >= _PARALLEL_MIN_ELEMENTS else 1
+    inv_sqrt_2pi = np.float32(INV_SQRT_2PI)
+
+    def run(i):
+        r = slice(xs.size * i // parts, xs.size * (i + 1) // parts)
+        kernel(xs[r], dys[r], out[r], _GELU_TAIL_POLY_F32, inv_sqrt_2pi)
+
+    if parts == 1:
+        run(0)
+    else:
+        parallel_map(run, range(parts), np, calls_blas=False)
+    return out.reshape(x.shape)
+
+
+_PARALLEL_MIN_ELEMENTS = 1 << 19  # a compiled loop's array worth all cores (as LayerNorm's)
+
+
 def _check_input(x, argument):
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
         raise TypeError(f"{argument} must be a NumPy or CuPy array, got {type(x).__name__}")
@@ -533,6 +554,10 @@ def activation_backward(dy, cache):
     _check_input(dy, "dy")
     if dy.shape != x.shape:
         raise ValueError(f"dy must have the activation input's shape {x.shape}, got {dy.shape}")
+    if name == "gelu" and x.dtype == dy.dtype == np.float32 and isinstance(x, np.ndarray):
+        kernel = cpu_kernels.gelu_grad()
+        if kernel is not None:  # 5x the NumPy passes' speed at (4096, 3072)
+            return _compiled_gelu_grad(kernel, x, dy)
     _, derivative = ACTIVATIONS[name]
     dx = _elementwise(lambda xb, dyb: dyb * derivative(xb), _working_precision(x), _working_precision(dy))
     return dx.astype(np.result_type(x.dtype, dy.dtype), copy=False)

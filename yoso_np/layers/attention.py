@@ -172,7 +172,7 @@ def for_each_head_stack(fn, rows, n, xp):
     """fn(slice of the batch * heads rows) over stacks of whole heads that fit one BLOCK_ELEMENTS block (one head
     at a time from n = 725), on CPU threads when all the heads' weights together are large (32 x 128 tokens:
     0.6x the time of one thread with a multi-threaded BLAS; n = 4096: 12 heads in 0.74 s instead of 1.2)."""
-    per = max(1, BLOCK_ELEMENTS // (n * n))
+    per = max(1, BLOCK_ELEMENTS // max(n * n, 1))
     stacks = [slice(i, min(i + per, rows)) for i in range(0, rows, per)]
     if rows * n * n >= PARALLEL_MIN_ELEMENTS:
         parallel_map(fn, stacks, xp)
@@ -238,7 +238,7 @@ def sampling_cumulation(q, k, v, mask, config, rng):
         return out, q_codes.transpose(0, 2, 1), k_codes.transpose(0, 2, 1)
 
     out, q_codes, k_codes = by_rows(hash_and_cumulate, b * h, n, xp)
-    return out.reshape(b, h, n, -1), (mask_rows, q_codes.transpose(0, 2, 1), k_codes.transpose(0, 2, 1))
+    return out.reshape(b, h, n, v.shape[-1]), (mask_rows, q_codes.transpose(0, 2, 1), k_codes.transpose(0, 2, 1))
 
 
 def attention(p, x, mask, config, *, training=False, rng=None):
@@ -327,7 +327,7 @@ def sampling_cumulation_backward(g, q, k, v, hashes, config):
                                                        capacity), b * h, n, xp)
     dk = by_rows(lambda r: lsh.lsh_weighted_cumulation(m[r], k_codes[r], v[r], m[r], q_codes[r], g[r], q_scaled[r],
                                                        capacity), b * h, n, xp)
-    unflat = lambda t: t.reshape(b, h, n, -1)
+    unflat = lambda t: t.reshape(b, h, n, t.shape[-1])
     return unflat(dq), unflat(dk), unflat(dv)
 
 
