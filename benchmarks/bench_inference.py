@@ -23,10 +23,12 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]  # common.py, and this checkout's y
 import common  # noqa: E402
 
 IMPLS = ("yoso_np", "torch", "onnx", "yoso_np_sampling")
-# a probe, run only when --impl names it: the sampling forward with its attention kernels skipped (the hashing and
-# cumulation return zeros). Every other part of the forward runs, so no sampling attention can take the whole model
-# below this time: the floor under yoso_np_sampling's ratio to yoso_np.
-PROBES = ("floor",)
+# probes, run only when --impl names them. floor: the sampling forward with its attention kernels skipped (the hashing
+# and cumulation return zeros); every other part of the forward runs, so no sampling attention can take the whole
+# model below this time: the floor under yoso_np_sampling's ratio to yoso_np. products: only the model's dense layers
+# (yoso_np's linear on NumPy's BLAS, each layer's six products with their biases) on the batch's tokens: no forward
+# on this BLAS can be faster, the floor under yoso_np's ratio to ONNX Runtime.
+PROBES = ("floor", "products")
 
 
 def config_for(layers, sampling=False):
@@ -82,6 +84,8 @@ def run_case(case):
         model = yoso_np.YosoModel(config, seed=common.SEED)
         if impl == "floor":
             skip_sampling_attention()
+        if impl == "products":
+            return {}, common.measure(dense_products(model, batch * n), case["repeats"], f"{impl} {batch}x{n}")[1]
         if impl == "torch":
             import torch
 
@@ -99,6 +103,27 @@ def run_case(case):
             model(input_ids=ids[:, :8], attention_mask=mask[:, :8], rng=0)  # numba's import and compiles: once a process
     out, stats = common.measure(forward, case["repeats"], f"{impl} {batch}x{n}")
     return ({} if impl == "floor" else {"last_hidden_state": out}), stats  # the floor's output means nothing
+
+
+def dense_products(model, tokens):
+    """The forward's dense layers alone, on random activations of the right shapes (the products probe)."""
+    import numpy as np
+    from yoso_np.layers import linear, sub
+
+    layers = [sub(model.weights, f"encoder.layer.{i}.") for i in range(model.config.num_hidden_layers)]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((tokens, model.config.hidden_size), dtype=np.float32)
+    wide = rng.standard_normal((tokens, model.config.intermediate_size), dtype=np.float32)
+    names = ("attention.self.query.", "attention.self.key.", "attention.self.value.", "attention.output.dense.",
+             "intermediate.dense.")
+
+    def products():
+        for p in layers:
+            for name in names:
+                linear(sub(p, name), x)
+            linear(sub(p, "output.dense."), wide)
+
+    return products
 
 
 def skip_sampling_attention():

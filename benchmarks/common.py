@@ -214,7 +214,8 @@ def markdown_table(rows, size_header, diff_header):
         if not r["hwm_reset"]:
             notes.append(f"- {r['impl']} at {r['size']}: could not reset VmHWM, so the peak may be the loading's")
     shares = {"yoso_np_sampling": "yoso_np_sampling takes {:.2f} of yoso_np's (expectation) time",
-              "floor": "the floor (the sampling forward less its attention kernels) takes {:.2f} of yoso_np's time"}
+              "floor": "the floor (the sampling forward less its attention kernels) takes {:.2f} of yoso_np's time",
+              "products": "the products probe (the dense layers alone, on NumPy's BLAS) takes {:.2f} of yoso_np's time"}
     for (impl, size), r in by_impl.items():
         if impl in shares and ("yoso_np", size) in by_impl:
             notes.append(f"- {size_header} {size}: " + shares[impl].format(r["time"] / by_impl["yoso_np", size]["time"]))
