@@ -201,6 +201,38 @@ def predict(args):
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ parity
+def parity_arguments(parser):
+    from .testing.parity import DEFAULT_ATOL
+
+    add_hub_arguments(parser)
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--text", action="append", help="an input text (repeat for a batch)")
+    inputs.add_argument("--length", type=positive_int, help="random token ids of this length instead of text")
+    parser.add_argument("--batch", type=positive_int, default=1, help="rows of random tokens (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="for the random tokens and the sampling (default 0)")
+    parser.add_argument("--grads", action="store_true", help="compare the gradients too")
+    parser.add_argument("--atol", type=bounded(float, 0), default=DEFAULT_ATOL,
+                        help=f"tolerance relative to each output's scale (default {DEFAULT_ATOL:.2e})")
+    parser.add_argument("--mode", choices=("expectation", "sampling", "both"), default="both",
+                        help="attention mode(s) to run (default both)")
+    parser.add_argument("--emulate", action="store_true",
+                        help="run the CUDA backend on yoso_np.testing's CPU emulator (no GPU needed)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+@command("parity", "compare CPU float64, CPU float32 and CUDA float32 outputs of a model (exit 1 above --atol)",
+         parity_arguments)
+def parity(args):
+    from .testing.parity import format_table, run_parity
+
+    modes = ("expectation", "sampling") if args.mode == "both" else (args.mode,)
+    report = run_parity(args.model, texts=args.text, length=args.length, batch=args.batch, seed=args.seed,
+                        grads=args.grads, atol=args.atol, emulate=args.emulate, modes=modes, **hub_kwargs(args))
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0 if report["ok"] else 1
+
+
 # ------------------------------------------------------------------------------------------------ main
 def build_parser():
     parser = ArgumentParser(prog=PROG, description="YOSO transformers in NumPy and CuPy")
