@@ -44,6 +44,7 @@ def test_the_stand_in_follows_cupy_rules():
         np.testing.assert_allclose(cp.asnumpy(cp.linalg.norm(x, axis=-1)), np.linalg.norm(x.get(), axis=-1))
         out = cp.empty_like(x)
         assert cp.tanh(x, out=out) is out
+        assert cp.add(x, 1.0, out=out, where=x > 2) is out and out.get()[1, 2] == 6.0
         garbage = cp.empty((4,), dtype=cp.float32).get()
         assert np.isnan(garbage).all()  # uninitialised memory is not zeros
         hits = cp.zeros((3, 2), dtype=cp.float32)

@@ -264,7 +264,7 @@ class _Ufunc:
         self.nin, self.nout, self.nargs = np_ufunc.nin, np_ufunc.nout, np_ufunc.nargs
 
     def _kwargs(self, kwargs):
-        kwargs = dict(kwargs)
+        kwargs = {k: v._a if isinstance(v, ndarray) and k != "out" else v for k, v in kwargs.items()}  # where=
         if "out" in kwargs:
             out = kwargs["out"]
             kwargs["out"] = tuple(_scalar_arg(o, self.__name__) for o in out) if isinstance(out, tuple) else \
