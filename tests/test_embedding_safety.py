@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
 from yoso_np import YosoConfig, YosoForMaskedLM, backend
 

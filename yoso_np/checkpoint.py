@@ -278,13 +278,24 @@ def read_safetensors(path):
             header = json.loads(f.read(header_size).decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise CheckpointError(f"{path}: the header is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise CheckpointError(f"{path}: the header is not valid JSON (nested too deeply)") from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{path}: the header is a JSON {type(header).__name__}, expected an object")
         header.pop("__metadata__", None)
         data_start, data_size = 8 + header_size, file_size - 8 - header_size
+        entries = {name: _check_header_entry(path, name, info, data_size) for name, info in header.items()}
+        # tensors may not share bytes: each is copied out, so overlapping ones would read (and allocate) the
+        # same bytes again and again: n entries over one range would allocate n times its size
+        previous_end, previous = 0, None
+        for name, (_, _, begin, end) in sorted(entries.items(), key=lambda e: e[1][2:]):
+            if begin < previous_end:
+                raise CheckpointError(f"{path}: tensors {previous!r} and {name!r} overlap in the data section "
+                                      f"(bytes {begin}..{end} start before {previous_end})")
+            previous_end, previous = end, name
         tensors = {}
-        for name, info in header.items():
-            dtype, shape, begin, end = _check_header_entry(path, name, info, data_size)
+        for name, (dtype, shape, begin, end) in entries.items():
+            info = header[name]
             f.seek(data_start + begin)
             array = np.empty(math.prod(shape), dtype=dtype)
             if f.readinto(array.view(np.uint8)) != end - begin:
@@ -468,6 +479,9 @@ def _rebuild_tensor(storage, storage_offset, size, stride, kind, path):
         if last >= elements.size:
             raise CheckpointError(f"{path}: tensor of size {tuple(size)}, stride {tuple(stride)} at offset "
                                   f"{storage_offset} reaches past its storage of {elements.size} elements")
+        if math.prod(size) > elements.size:  # a broadcast view (stride 0): materialised, it could be any size
+            raise CheckpointError(f"{path}: tensor of size {tuple(size)} ({math.prod(size)} elements) over a "
+                                  f"storage of {elements.size}: a state dict holds no broadcast views")
         view = np.lib.stride_tricks.as_strided(elements[storage_offset:], shape=tuple(size),
                                                strides=tuple(s * dtype.itemsize for s in stride))
         array = np.array(view, dtype=native, order="C")
@@ -523,10 +537,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if key not in self.storages:
             record = f"{self.prefix}/data/{key}"
             try:
-                data = self.zip_file.read(record)
+                info = self.zip_file.getinfo(record)
             except KeyError:
                 raise CheckpointError(f"{self.path}: storage record {record} is missing from the archive") from None
             nbytes = numel * kind.dtype.itemsize
+            if info.file_size < nbytes:
+                raise CheckpointError(f"{self.path}: storage {record} holds {info.file_size} bytes, "
+                                      f"{numel} elements of {kind} need {nbytes}: the file is truncated")
+            # torch.save stores its records uncompressed; a deflated one may not inflate past a few times the
+            # archive (weights hardly compress), so a small file cannot ask for gigabytes
+            limit = 4 * os.path.getsize(self.path) + (1 << 20)
+            if nbytes > limit:
+                raise CheckpointError(f"{self.path}: storage {record} would inflate to {nbytes} bytes from a "
+                                      f"{os.path.getsize(self.path)}-byte file: refused as corrupt or hostile")
+            with self.zip_file.open(info) as member:
+                data = member.read(nbytes)
             if len(data) < nbytes:
                 raise CheckpointError(f"{self.path}: storage {record} holds {len(data)} bytes, "
                                       f"{numel} elements of {kind} need {nbytes}: the file is truncated")

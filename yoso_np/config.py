@@ -1,9 +1,11 @@
 """YosoConfig: the fields and defaults of transformers' YosoConfig, validation, config.json in and out."""
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 
 CONFIG_NAME = "config.json"
+MAX_LABELS = 1 << 20  # a bound that keeps a bad num_labels from building a huge head (or label dict)
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
@@ -14,6 +16,10 @@ def read_json_object(path):
             data = json.load(fh)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON: nested deeper than the parser follows") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
@@ -52,8 +58,22 @@ class YosoConfig:
     extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
+        for name in ("id2label", "label2id"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"config.{name} must be a dict (a JSON object) or None, got {value!r}")
+        n = self.num_labels
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_LABELS):
+            raise ValueError(f"config.num_labels must be an int in [1, {MAX_LABELS}] or None, got {n!r}")
         if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            try:
+                id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            except (TypeError, ValueError):
+                raise ValueError(f"config.id2label must map class ids to names, got {self.id2label!r}") from None
+            if sorted(id2label) != list(range(len(self.id2label))) or len(id2label) > MAX_LABELS:
+                raise ValueError(f"config.id2label must name each class id 0, 1, ..., n - 1 once (n <= {MAX_LABELS}), "
+                                 f"got the ids {list(self.id2label)!r}")
+            self.id2label = id2label
             if self.num_labels is not None and self.num_labels != len(self.id2label):
                 # an explicit num_labels wins, as in transformers
                 self.id2label = None
@@ -64,7 +84,9 @@ class YosoConfig:
         if self.label2id is None or len(self.label2id) != self.num_labels:
             self.label2id = {v: k for k, v in self.id2label.items()}
         else:
-            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+            if not all(type(v) is int for v in self.label2id.values()):
+                raise ValueError(f"config.label2id must map names to class ids (ints), got {self.label2id!r}")
+            self.label2id = {str(k): v for k, v in self.label2id.items()}
         self.validate()
 
     def validate(self):
@@ -87,10 +109,27 @@ class YosoConfig:
             positive_int("conv_window")
             if self.conv_window % 2 == 0:  # transformers' Conv2d(padding=w // 2) returns n + 1 rows and fails
                 raise ValueError(f"config.conv_window must be odd, got {self.conv_window}")
+        def number(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"config.{name} must be a finite number, got {v!r}")
+            return v
+
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            p = getattr(self, name)
+            p = number(name)
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"config.{name} must be in [0, 1), got {p!r}")
+        if not number("layer_norm_eps") > 0:  # 0 gives inf (then NaN) for a row of equal values
+            raise ValueError(f"config.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        if not number("initializer_range") >= 0:
+            raise ValueError(f"config.initializer_range must be >= 0, got {self.initializer_range!r}")
+        for name in ("use_expectation", "use_fast_hash", "lsh_backward", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"config.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"config.{name} must be a token id (int) or None, got {v!r}")
         if self.position_embedding_type != "absolute":
             raise ValueError(
                 f"config.position_embedding_type must be 'absolute' (the only kind YOSO uses), "

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import MAX_LABELS
+
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
            ".parquet": "parquet"}
 IGNORE_INDEX = -100  # label of positions that do not count in the loss (transformers' convention)
@@ -45,7 +47,7 @@ def read_records(path):
             raise DataError(f"{path}: the file holds no records")
         return records
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not text
             records = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_table, "tsv": _read_table}[kind](
                 f, path, "\t" if kind == "tsv" else ",")
     except UnicodeDecodeError as exc:
@@ -64,6 +66,8 @@ def _read_jsonl(f, path, _):
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}, line {number}: not valid JSON (nested too deeply)") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
         records.append((f"{path}, line {number}", record))
@@ -78,6 +82,8 @@ def _read_json(f, path, _):
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
     for i, record in enumerate(data):
@@ -208,10 +214,18 @@ class LabelSpec:
             raise DataError(f"mixed label types: {seen}; use one kind of label throughout")
         kind = next(iter(kinds))
         values = [v for _, v in labeled]
+        if kind in ("float", "multi-hot"):  # JSON's NaN and 1e999 (inf) would make every loss NaN
+            bad = next(((w, v) for w, v in labeled
+                        if not all(math.isfinite(x) for x in (v if isinstance(v, list) else [v]))), None)
+            if bad:
+                raise DataError(f"{bad[0]}: labels must be finite numbers, got {bad[1]!r}")
         if kind == "int":
             negative = next(((w, v) for w, v in labeled if v < 0), None)
             if negative:
                 raise DataError(f"{negative[0]}: integer labels must be >= 0 (class ids), got {negative[1]}")
+            if max(values) >= MAX_LABELS:  # ids 0..max become the classes: a typo must not build a huge head
+                where = next(w for w, v in labeled if v == max(values))
+                raise DataError(f"{where}: integer labels are class ids below {MAX_LABELS}, got {max(values)}")
             return cls("single_label_classification", max(max(values) + 1, 2))
         if kind == "float":
             return cls("regression", 1)

@@ -209,9 +209,15 @@ class YosoPreTrainedModel:
                 raise ValueError(f"inputs_embeds must have shape (batch, sequence, {h}), "
                                  f"got {tuple(inputs_embeds.shape)}")
             shape = inputs_embeds.shape[:2]
+        if 0 in shape:  # the attention's head splits and LSH tables need at least one row of one token
+            raise ValueError(f"{'input_ids' if input_ids is not None else 'inputs_embeds'} must hold at least one "
+                             f"sequence of at least one token, got shape {tuple(shape)}")
         token_type_ids = as_array(token_type_ids, xp, "token_type_ids", "int")
         position_ids = as_array(position_ids, xp, "position_ids", "int")
         check_shape(token_type_ids, "token_type_ids", shape)
+        if position_ids is not None and position_ids.ndim not in (1, 2):
+            raise ValueError(f"position_ids must have shape {tuple(shape)}, (1, {shape[1]}) or ({shape[1]},), "
+                             f"got {tuple(position_ids.shape)}")
         if position_ids is not None and position_ids.ndim == 1:
             position_ids = position_ids[None, :]
         if position_ids is not None and (position_ids.shape[1] != shape[1] or position_ids.shape[0] not in (1, shape[0])):

@@ -345,13 +345,28 @@ class Tokenizer:
 def _check_text(text, name):
     if not isinstance(text, str):
         raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+    _check_unicode(text, name)
+
+
+def _check_unicode(text, name):
+    """A lone surrogate (e.g. from bytes decoded with errors='surrogateescape') is not text the tokenizer can
+    encode; say where it is instead of the tokenizers library's 'TextEncodeInput must be Union[...]'."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{name} holds a lone surrogate {ord(text[exc.start]):#06x} at character {exc.start}, "
+                             "which is not valid Unicode; decode its source with errors='replace'") from None
 
 
 def _text_list(texts, name):
     """A str -> [str]; a list/tuple of str -> list; anything else -> TypeError naming the argument."""
     if isinstance(texts, str):
+        _check_unicode(texts, name)
         return [texts]
     if isinstance(texts, (list, tuple)) and texts and all(isinstance(t, str) for t in texts):
+        for i, t in enumerate(texts):
+            _check_unicode(t, f"{name}[{i}]")
         return list(texts)
     if isinstance(texts, (list, tuple)) and not texts:
         raise ValueError(f"{name} must not be empty")
