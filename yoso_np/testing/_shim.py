@@ -274,14 +274,8 @@ void check(const void* p, std::size_t size, int kind) {
     fault();
 }
 
-// ---- the team: real OS threads, one per thread of the block, reused across launches
-// never destroyed: at exit the idle team still waits on them, and destroying a waited-on condition variable blocks
-std::mutex& team_mutex = *new std::mutex;
-std::condition_variable& team_cv = *new std::condition_variable;
-std::condition_variable& done_cv = *new std::condition_variable;
-std::vector<pthread_t> team;
-std::uint64_t job_id = 0;
-int job_threads = 0, job_running = 0;
+// ---- a launch: one OS thread per thread of the block, started for the launch and joined at its end (threads
+// kept between launches piled up to thousands across modules; starting 256 costs a few milliseconds)
 void (*job_thunk)(void*) = nullptr;
 void* job_data = nullptr;
 
@@ -308,7 +302,7 @@ void run_blocks(unsigned tid) {
     }
 }
 
-void* team_main(void* arg) {
+void* thread_main(void* arg) {
     const unsigned tid = (unsigned)(std::uintptr_t)arg;
     pthread_attr_t attr;
     void* stack;
@@ -318,18 +312,7 @@ void* team_main(void* arg) {
     pthread_attr_destroy(&attr);
     self.stack_lo = reinterpret_cast<std::uintptr_t>(stack);
     self.stack_hi = self.stack_lo + stack_size;
-    std::uint64_t seen = 0;
-    for (;;) {
-        {
-            std::unique_lock<std::mutex> lock(team_mutex);
-            team_cv.wait(lock, [&] { return job_id != seen; });
-            seen = job_id;
-            if ((int)tid >= job_threads) continue;
-        }
-        run_blocks(tid);
-        std::lock_guard<std::mutex> lock(team_mutex);
-        if (--job_running == 0) done_cv.notify_all();
-    }
+    run_blocks(tid);
     return nullptr;
 }
 
@@ -374,30 +357,27 @@ extern "C" int __emu_run(const void* launch_arg, void (*thunk)(void*), void* dat
     std::lock_guard<std::mutex> serial(run_mutex);
     launch = static_cast<const Launch*>(launch_arg);
     const int threads = (int)(launch->block[0] * launch->block[1] * launch->block[2]);
-    while ((int)team.size() < threads) {
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setstacksize(&attr, 1 << 20);
-        pthread_t thread;
-        int failed = pthread_create(&thread, &attr, team_main, (void*)(std::uintptr_t)team.size());
-        pthread_attr_destroy(&attr);
-        if (failed) return 2;
-        pthread_detach(thread);
-        team.push_back(thread);
-    }
     has_error = false;
     aborted.store(false);
     barrier_size = threads;
     arrived.store(0);
     arrived_kinds.store(0);
-    std::unique_lock<std::mutex> lock(team_mutex);
     job_thunk = thunk;
     job_data = data;
-    job_threads = job_running = threads;
-    ++job_id;
-    team_cv.notify_all();
-    done_cv.wait(lock, [] { return job_running == 0; });
-    return has_error ? 1 : 0;
+    std::vector<pthread_t> team(threads);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 1 << 20);
+    int started = 0;
+    for (; started < threads; ++started)
+        if (pthread_create(&team[started], &attr, thread_main, (void*)(std::uintptr_t)started)) break;
+    pthread_attr_destroy(&attr);
+    if (started < threads) {  // the started ones wait at the first barrier: release them, then report
+        aborted.store(true);
+        wake_all();
+    }
+    for (int i = 0; i < started; ++i) pthread_join(team[i], nullptr);
+    return started < threads ? 2 : has_error ? 1 : 0;
 }
 
 extern "C" const char* __emu_error() { return error_text; }
