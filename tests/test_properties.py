@@ -155,7 +155,7 @@ def test_tokenizer_takes_any_text_or_says_what_is_wrong(text, truncation, max_le
 
 
 def test_tokenizer_very_long_text():
-    text = "Paris is the capital of France. " * 20000  # 640k characters
+    text = "Paris is the capital of France. " * 4000  # 128k characters
     with pytest.raises(ValueError, match="more than the limit"):
         TOKENIZER(text, max_length=512)
     assert TOKENIZER(text, truncation=True, max_length=512)["input_ids"].shape == (1, 512)
@@ -201,7 +201,7 @@ config_fields = st.fixed_dictionaries({}, optional={
 })
 
 
-@settings(max_examples=400, **SETTINGS)
+@settings(max_examples=200, **SETTINGS)  # ~25 ms an example, most of it drawing this many optional fields
 @given(fields=config_fields)
 @example(fields={"id2label": [1, 2]})  # a list, not an object
 @example(fields={"label2id": {"a": "x", "b": "y"}, "num_labels": 2})
