@@ -27,9 +27,8 @@ def save(folder, model):
     return folder
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipelines")
+def make_checkpoints(root):
+    """A tiny random checkpoint of each head, with the fixture tokenizer, in folders below root."""
     return {
         "cls": save(root / "cls", YosoForSequenceClassification(
             YosoConfig(**SIZE, id2label={0: "neg", 1: "pos", 2: "neu"}), seed=1)),
@@ -37,6 +36,11 @@ def checkpoints(tmp_path_factory):
         "qa": save(root / "qa", YosoForQuestionAnswering(YosoConfig(**SIZE), seed=4)),
         "mlm": save(root / "mlm", YosoForMaskedLM(YosoConfig(**SIZE), seed=3)),
     }
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return make_checkpoints(tmp_path_factory.mktemp("pipelines"))
 
 
 def transformers_pipeline(task, folder):

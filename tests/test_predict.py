@@ -11,10 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from tests.test_pipelines import CONTEXT, NER_LABELS, SIZE, save
+from tests.test_pipelines import CONTEXT, close, make_checkpoints
 from tests.test_pipelines_cli import ROOT
-from yoso_np import (YosoConfig, YosoForMaskedLM, YosoForQuestionAnswering, YosoForSequenceClassification,
-                     YosoForTokenClassification, pipeline)
+from yoso_np import pipeline
 from yoso_np.cli import main
 
 WORDS = "the old mill river runs past Paris is capital of France village bridge market zephyr".split()
@@ -28,14 +27,7 @@ def corpus(n, seed=0):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("predict-models")
-    return {
-        "cls": save(root / "cls", YosoForSequenceClassification(
-            YosoConfig(**SIZE, id2label={0: "neg", 1: "pos", 2: "neu"}), seed=1)),
-        "ner": save(root / "ner", YosoForTokenClassification(YosoConfig(**SIZE, id2label=NER_LABELS), seed=2)),
-        "qa": save(root / "qa", YosoForQuestionAnswering(YosoConfig(**SIZE), seed=4)),
-        "mlm": save(root / "mlm", YosoForMaskedLM(YosoConfig(**SIZE), seed=3)),
-    }
+    return make_checkpoints(tmp_path_factory.mktemp("predict-models"))
 
 
 def write(path, rows):
@@ -68,21 +60,6 @@ def read(path):
         return pq.read_table(path).to_pylist()
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
-
-
-def close(a, b):
-    if isinstance(b, dict):
-        assert set(a) == set(b), (a, b)
-        for k in b:
-            close(a[k], b[k])
-    elif isinstance(b, list):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            close(x, y)
-    elif isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
-    else:
-        assert a == b
 
 
 def run(argv, capsys=None):
@@ -204,11 +181,11 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-@pytest.mark.parametrize("where, after", [("shard", 2), ("shard", 0), ("join", 3), ("cleanup", 0)])
-@pytest.mark.parametrize("output", ["out.jsonl", "out/"])
+@pytest.mark.parametrize("where, after, output", [
+    (where, after, output) for where, after in (("shard", 2), ("shard", 0), ("join", 3), ("cleanup", 0))
+    for output in ("out.jsonl", "out/") if not (where == "join" and output == "out/")  # a folder: one rename
+])
 def test_sigkill_then_rerun_gives_the_same_output(models, tmp_path, where, after, output):
-    if where == "join" and output == "out/":
-        pytest.skip("a folder is joined by one rename")
     src = write(tmp_path / "in.jsonl", corpus(30, seed=5))
     reference = f"{tmp_path}/ref{output[3:]}"
     argv = ["predict", str(models["cls"]), "--task", "text-classification", "--input", str(src), "--shard-size",
@@ -243,9 +220,9 @@ def test_resume_reuses_finished_shards(models, tmp_path):
     out.unlink()
     work = tmp_path / "out.jsonl.partial"
     (work / "shards").mkdir(parents=True)
-    from yoso_np.predict import PredictOptions, file_digest
+    from yoso_np.predict import PredictOptions, file_digest, model_fingerprint
 
-    job = {"input": str(src), "input_sha256": file_digest(src), "model": str(models["cls"]),
+    job = {"input": str(src), "input_sha256": file_digest(src), "model": model_fingerprint(models["cls"]),
            "options": vars(PredictOptions("text-classification")), "shard_size": 4, "rows": 10}
     (work / "job.json").write_text(json.dumps(job))
     fake = "".join(json.dumps({"kept": i}) + "\n" for i in range(4))

@@ -59,3 +59,15 @@ def test_predict_on_a_local_two_cpu_cluster_equals_the_local_run(models, tmp_pat
     assert names and all(n.endswith(".parquet") for n in names)
     assert not os.path.exists(f"{tmp_path}/ray.partial-ray")
     close(read(tmp_path / "ray"), read(local))  # the same rows, fields and predictions, in input order
+
+
+def test_ray_bad_input_exits_2_before_the_cluster_starts(models, tmp_path, capsys):
+    src = write(tmp_path / "in.jsonl", [{"text": "a"}, {"text": "the river " * 40}])
+    argv = ["predict", str(models["cls"]), "--task", "text-classification", "--input", str(src), "--quiet", "--ray"]
+    assert main(argv + ["--output", f"{tmp_path}/out/"]) == 2
+    assert "in.jsonl, line 2: the text has 164 tokens" in capsys.readouterr().err
+    assert main(argv[:3] + ["ner"] + argv[4:] + ["--output", f"{tmp_path}/out/"]) == 2
+    assert "token-classification needs a YosoForTokenClassification" in capsys.readouterr().err
+    assert main(argv + ["--output", f"{tmp_path}/out.jsonl"]) == 2
+    assert "with --ray the output is a folder of Parquet shards" in capsys.readouterr().err
+    assert not ray.is_initialized() and sorted(os.listdir(tmp_path)) == ["in.jsonl"]

@@ -172,9 +172,7 @@ def predict_arguments(parser):
 
 @command("predict", "run a model over a file of rows (see yoso_np.predict)", predict_arguments)
 def predict(args):
-    import os
-
-    from .predict import PredictOptions, run_predict
+    from .predict import PredictOptions, model_fingerprint, run_predict
 
     options = PredictOptions(
         task=args.task, text_field=args.text_field, text_pair_field=args.text_pair_field,
@@ -191,11 +189,10 @@ def predict(args):
     else:
         from .pipelines import pipeline
 
-        model_id = os.path.abspath(args.model) if os.path.isdir(args.model) else f"{args.model}@{args.revision}"
         rows = run_predict(lambda: pipeline(options.task, args.model, device=args.device,
                                             batch_size=args.batch_size, **hub),
-                           args.input, args.output, options, model_id=model_id, shard_size=args.shard_size,
-                           quiet=args.quiet)
+                           args.input, args.output, options, model_id=model_fingerprint(args.model, args.revision),
+                           shard_size=args.shard_size, quiet=args.quiet)
     if not args.quiet:
         print(f"{PROG}: wrote {rows} rows to {args.output}", file=sys.stderr)
     return 0

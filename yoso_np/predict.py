@@ -169,6 +169,18 @@ def file_digest(path):
     return h.hexdigest()
 
 
+def model_fingerprint(model, revision=None):
+    """What names a model in a job: a folder's path with the size and time of each file (a retrained model is
+    another model), or a hub repo id at its revision."""
+    model = os.fspath(model)
+    if os.path.isdir(model):
+        stats = {name: os.stat(os.path.join(model, name)) for name in os.listdir(model)}
+        files = sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats.items() if not os.path.isdir(
+            os.path.join(model, name)))
+        return {"folder": os.path.abspath(model), "files": files}
+    return {"repo": model, "revision": revision}
+
+
 def _write_atomic(path, write):
     """write(file) into a temporary name beside path, flushed to disk, then renamed to path."""
     tmp = f"{path}.tmp-{os.getpid()}"

@@ -16,8 +16,9 @@ import shutil
 
 import numpy as np
 
-from .predict import PredictOptions, check_records, predict_rows, read_input
+from .predict import PredictOptions, check_lengths, check_records, predict_rows, read_input
 
+RAY_BATCH_ROWS = 512  # rows per map_batches call: the pipeline sorts within it, as the local run within a shard
 IO_CPUS = 0.25  # what each read and write task asks for: an actor pool never leaves them starved (see run_ray)
 
 
@@ -107,11 +108,10 @@ def pool_size(cpus, num_workers=None):
 def _read(ray, path, options):
     """A Ray Dataset of the input file, by extension; CSV/TSV cells stay strings, as in the local run."""
     ext = os.path.splitext(path)[1].lower()
-    args = {"ray_remote_args": {"num_cpus": IO_CPUS}}
     if ext in (".jsonl", ".ndjson", ".json"):
-        return ray.data.read_json(path, **args)
+        return ray.data.read_json(path, **_io_args(ray.data.read_json))
     if ext == ".parquet":
-        return ray.data.read_parquet(path, **args)
+        return ray.data.read_parquet(path, **_io_args(ray.data.read_parquet))
     if ext in (".csv", ".tsv"):
         import csv
 
@@ -123,8 +123,18 @@ def _read(ray, path, options):
             header = next(csv.reader(f, delimiter=delimiter))
         return ray.data.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter),
                                  convert_options=pacsv.ConvertOptions(column_types={h: pa.string() for h in header},
-                                                                      strings_can_be_null=False), **args)
+                                                                      strings_can_be_null=False),
+                                 **_io_args(ray.data.read_csv))
     raise ValueError(f"--input {path}: unknown data format {ext!r}")
+
+
+def _io_args(function):
+    """IO_CPUS for a Ray Data reader or writer, in the argument its Ray version takes (num_cpus since 2.5x)."""
+    import inspect
+
+    if "num_cpus" in inspect.signature(function).parameters:
+        return {"num_cpus": IO_CPUS}
+    return {"ray_remote_args": {"num_cpus": IO_CPUS}}
 
 
 def run_ray(model, input_path, output_path, options, *, address=None, num_workers=None, device="cpu",
@@ -145,8 +155,10 @@ def run_ray(model, input_path, output_path, options, *, address=None, num_worker
     target = output_path.rstrip("/" + os.sep)
     if os.path.isdir(target) and os.listdir(target):
         raise ValueError(f"--output {output_path}: the folder exists and is not empty; remove it or choose another")
-    if os.path.exists(input_path):
-        read_input(input_path, options)  # the local run's checks and messages, before the cluster starts
+    if os.path.exists(input_path):  # the local run's checks and messages, before the cluster starts
+        from .pipelines import pipeline
+
+        check_lengths(pipeline(options.task, model, device="cpu", **hub), read_input(input_path, options), options)
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
@@ -162,12 +174,13 @@ def run_ray(model, input_path, output_path, options, *, address=None, num_worker
         ds = ds.map_batches(Predictor, fn_constructor_kwargs={"model": os.path.abspath(model) if os.path.isdir(model)
                                                               else model, "task": options.task, "device": device,
                                                               **hub, **_option_kwargs(options)},
-                            batch_size=max(options.batch_size, 256), batch_format="pyarrow", concurrency=workers,
+                            batch_size=max(options.batch_size, RAY_BATCH_ROWS), batch_format="pyarrow",
+                            concurrency=workers,
                             num_cpus=share, num_gpus=1 if device == "cuda" else None)
         partial = target + ".partial-ray"
         if os.path.exists(partial):
             shutil.rmtree(partial)  # a killed Ray run: Ray Data cannot resume it, so it starts afresh
-        ds.write_parquet(partial, ray_remote_args={"num_cpus": IO_CPUS})
+        ds.write_parquet(partial, **_io_args(ds.write_parquet))
         rows = sum(_parquet_rows(os.path.join(partial, name)) for name in os.listdir(partial))
         if os.path.isdir(target):
             os.rmdir(target)
