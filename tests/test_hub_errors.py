@@ -51,6 +51,10 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
         repo, revision, name = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
         if repo == "org/gated":
             return self.fail(401, "GatedRepo")
+        if repo == "org/private":  # a token was sent and the hub does not know it
+            if self.headers.get("Authorization") != "Bearer hf_good":
+                return self.fail(401, None, "Invalid credentials in Authorization header")
+            return self.fail(403, None, "Access to this resource requires a fine-grained permission")
         if repo not in self.repos:
             return self.fail(401, "RepoNotFound")  # the hub hides private repos behind the same answer
         if revision not in ("main", COMMIT):
@@ -66,9 +70,12 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
         if body:
             self.wfile.write(data)
 
-    def fail(self, status, code):
+    def fail(self, status, code, message=None):
         self.send_response(status)
-        self.send_header("X-Error-Code", code)
+        if code is not None:
+            self.send_header("X-Error-Code", code)
+        if message is not None:
+            self.send_header("X-Error-Message", message)
         self.send_header("X-Repo-Commit", COMMIT)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -179,6 +186,15 @@ def test_hub_answers_name_their_cause(fake_hub, tmp_path, repo, filename, revisi
         assert word in str(info.value)
     assert "cannot reach" not in str(info.value)
     assert timed.elapsed < 10
+
+
+@pytest.mark.parametrize("token, status", [("hf_bad", "401"), ("hf_good", "403")])
+def test_a_token_the_hub_refuses_is_named(fake_hub, tmp_path, capsys, token, status):
+    with pytest.raises(PermissionError, match=rf"refused access to config.json of hub repo 'org/private' \({status}\)"):
+        resolve_file("org/private", "config.json", cache_dir=tmp_path, token=token)
+    assert main(["info", "org/private", "--cache-dir", str(tmp_path), "--token", token]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the token" in err[0] and "invalid or expired" in err[0], err
 
 
 def test_an_optional_file_missing_from_the_repo_is_none(fake_hub, tmp_path):

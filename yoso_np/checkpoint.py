@@ -110,9 +110,14 @@ def resolve_file(path_or_repo_id, filename, *, revision=None, cache_dir=None, lo
         raise FileNotFoundError(f"{filename} not found for {repo}{where}") from None
     except Exception as exc:
         network = _network_failure(exc)
-        if network is None:
-            raise
-        raise _unreachable(path_or_repo_id, filename, network) from None
+        if network is not None:
+            raise _unreachable(path_or_repo_id, filename, network) from None
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (401, 403):  # a token the hub refused (invalid, expired) or one without access
+            raise PermissionError(
+                f"the hub refused access to {filename} of {repo} ({status}): the token (token=, --token, HF_TOKEN "
+                "or hf auth login) is invalid or expired, or lacks access to this repo") from None
+        raise
 
 
 def _hub_download(repo_id, filename, *, revision, cache_dir, token, cached):
