@@ -41,9 +41,16 @@ class KernelFault(RuntimeError):
     """A launch did something a GPU would fault on or race at; the message names kernel, block and thread."""
 
 
+MAX_WORKERS = 4  # each runs a block's 256-1024 threads: more cores would mean thousands of threads per launch
+
+
 def workers():
-    """How many blocks run at once: one per core (the emulated device's MultiProcessorCount)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """How many blocks run at once (the emulated device's MultiProcessorCount): one per core, at most
+    MAX_WORKERS, or $YOSO_NP_EMULATOR_WORKERS."""
+    if os.environ.get("YOSO_NP_EMULATOR_WORKERS"):
+        return max(1, int(os.environ["YOSO_NP_EMULATOR_WORKERS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cores, MAX_WORKERS)
 
 
 def compiler():
