@@ -205,6 +205,29 @@ def test_a_fork_pool_after_the_parent_used_the_threads_runs():
     assert out.strip().endswith("ok")
 
 
+def sampled_logits(seed):
+    """A worker's job for the process-pool tests (importable by name, as spawn needs)."""
+    model = tiny_model()
+    model.config.use_expectation = False
+    return model(**inputs(300, seed), rng=seed).logits
+
+
+def test_a_spawn_pool_gives_the_parents_results():
+    out = run_child("""
+        import multiprocessing, numpy as np
+        from tests.test_embedding_safety import sampled_logits
+
+        if __name__ == "__main__":
+            expected = [sampled_logits(s) for s in range(2)]
+            with multiprocessing.get_context("spawn").Pool(2) as workers:
+                got = workers.map_async(sampled_logits, range(2)).get(timeout=90)
+            for g, e in zip(got, expected):
+                np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+            print("ok")
+    """)
+    assert out.strip().endswith("ok")
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @needs_blas
 def test_a_fork_inside_a_parallel_section_gives_the_child_the_hosts_blas():
