@@ -50,9 +50,9 @@ def token_agreement(cpu, gpu, tol):
     return np.isclose(gpu, cpu, rtol=tol, atol=tol).all(axis=-1).mean()
 
 
-@pytest.mark.parametrize("use_expectation", [True, False])
-def test_forward_on_the_emulated_gpu_matches_the_cpu(cp, use_expectation):
-    model = small_model(use_expectation)
+@pytest.mark.parametrize("use_expectation,use_fast_hash", [(True, True), (False, True), (False, False)])
+def test_forward_on_the_emulated_gpu_matches_the_cpu(cp, use_expectation, use_fast_hash):
+    model = small_model(use_expectation, use_fast_hash=use_fast_hash)
     ids, mask = inputs()
     cpu = model(ids, mask, rng=11, output_hidden_states=True)
     model.to("cuda")
@@ -100,8 +100,14 @@ def test_fill_mask_pipeline_with_device_cuda(tmp_path):
     np.testing.assert_allclose([p["score"] for p in gpu], [p["score"] for p in cpu], rtol=1e-4)
 
 
-def test_finetune_with_device_cuda(tmp_path):
+def test_finetune_with_device_cuda(tmp_path, monkeypatch):
     from tests.test_train import FIXTURE_TOKENIZER, write_sentiment
+    from yoso_np.testing import emulator
+
+    launches = []
+    launch = emulator.Kernel.__call__
+    monkeypatch.setattr(emulator.Kernel, "__call__", lambda self, *a, **k: launches.append(self.name) or
+                        launch(self, *a, **k))
 
     tok = yoso_np.Tokenizer.from_pretrained(FIXTURE_TOKENIZER)
     config = yoso_np.YosoConfig(vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id, hidden_size=32,
@@ -115,6 +121,7 @@ def test_finetune_with_device_cuda(tmp_path):
             "--batch-size", "4", "--quiet", "--device", "cuda"]
     with emulated_cuda():
         assert run_finetune(parser.parse_args(argv)) == 0
+    assert {"fast_hash", "lsh_cumulation_shared", "lsh_weighted_cumulation_shared"} <= set(launches)  # on the "GPU"
     log = [json.loads(line) for line in open(tmp_path / "out" / "train_log.jsonl")]
     assert log and all(np.isfinite(row["loss"]) for row in log if "loss" in row)
     assert yoso_np.YosoForSequenceClassification.from_pretrained(tmp_path / "out").device == "cpu"
