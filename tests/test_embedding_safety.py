@@ -205,6 +205,39 @@ def test_a_fork_pool_after_the_parent_used_the_threads_runs():
     assert out.strip().endswith("ok")
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_while_another_thread_holds_the_pools_locks():
+    """A lock held by a thread that does not exist in the child would stay held there forever."""
+    out = run_child("""
+        import multiprocessing, threading
+        import numpy as np
+        from yoso_np import backend
+
+        held, release = threading.Event(), threading.Event()
+
+        def hold():
+            with backend._POOL_LOCK, backend._BLAS_LOCK, backend._BLAS_CONTROLLER_LOCK:
+                held.set()
+                release.wait(60)
+
+        def child(queue):
+            queue.put(backend.parallel_map(lambda i: float(np.ones((4, 4)) @ np.ones(4) @ np.ones(4)) + i,
+                                           range(4), np))
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+        assert held.wait(60), "the holder thread did not take the locks"
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        worker = ctx.Process(target=child, args=(queue,))
+        worker.start()
+        print(queue.get(timeout=60))
+        worker.join(60)
+        release.set()
+    """)
+    assert out.strip() == "[16.0, 17.0, 18.0, 19.0]", out
+
+
 def sampled_logits(seed):
     """A worker's job for the process-pool tests (importable by name, as spawn needs)."""
     model = tiny_model()

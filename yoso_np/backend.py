@@ -128,8 +128,8 @@ def _release_blas_control():
 def _after_fork_in_child():
     """The child has only the forking thread: the pool's threads are gone, and a lock another thread held at the
     fork would stay held forever. A fork inside a parallel section hands the child the host's BLAS setting back."""
-    global _POOL, _POOL_LOCK, _BLAS_LOCK, _BLAS_USERS, _BLAS_LIMITER
-    _POOL, _POOL_LOCK, _BLAS_LOCK = None, threading.Lock(), threading.Lock()
+    global _POOL, _POOL_LOCK, _BLAS_LOCK, _BLAS_USERS, _BLAS_LIMITER, _BLAS_CONTROLLER_LOCK
+    _POOL, _POOL_LOCK, _BLAS_LOCK, _BLAS_CONTROLLER_LOCK = None, threading.Lock(), threading.Lock(), threading.Lock()
     limiter, _BLAS_USERS, _BLAS_LIMITER = _BLAS_LIMITER, 0, None
     if limiter is not None:
         try:
