@@ -283,3 +283,15 @@ def test_folder_output_is_not_overwritten(models, tmp_path, capsys):
                           f"{tmp_path}/out/", "--quiet"], capsys)
     assert code == 2 and "the folder exists and is not empty" in captured.err
     assert (tmp_path / "out" / "mine.txt").read_text() == "keep"
+
+
+def test_parquet_join_unifies_the_shards_schemas(tmp_path):
+    pytest.importorskip("pyarrow")
+    from yoso_np.predict import _join_parquet
+
+    shards = [[{"id": 0, "entities": [], "x": None}], [{"id": 1, "entities": [{"word": "a", "score": 0.5}], "x": 2},
+                                                       {"id": 2, "entities": [], "x": 2.5}]]
+    names = [write(tmp_path / f"part-{i}.jsonl", rows) for i, rows in enumerate(shards)]
+    _join_parquet([str(n) for n in names], str(tmp_path / "out.parquet"))
+    assert read(tmp_path / "out.parquet") == [row for rows in shards for row in rows]
+    assert sorted(os.listdir(tmp_path)) == ["out.parquet", "part-0.jsonl", "part-1.jsonl"]

@@ -281,19 +281,30 @@ def _join(names, target, kind, work):
                     shutil.copyfileobj(shard, f)
         _write_atomic(target, write)
     else:
-        pa, pq = _pyarrow(target)
-        rows = []
-        for name in names:
-            with open(name, encoding="utf-8") as shard:
-                rows.extend(json.loads(line) for line in shard)
-        tmp = f"{target}.tmp-{os.getpid()}"
-        try:
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        _join_parquet(names, target)
     shutil.rmtree(work)
+
+
+def _shard_rows(name):
+    with open(name, encoding="utf-8") as shard:
+        return [json.loads(line) for line in shard]
+
+
+def _join_parquet(names, target):
+    """The shards as one Parquet file, one shard in memory at a time: a first pass finds the schema that fits
+    every shard (a column all null in one shard and typed in another), the second writes them in order."""
+    pa, pq = _pyarrow(target)
+    schema = pa.unify_schemas([pa.Table.from_pylist(_shard_rows(name)).schema for name in names],
+                              promote_options="permissive")
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for name in names:
+                writer.write_table(pa.Table.from_pylist(_shard_rows(name), schema=schema))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _pyarrow(path):

@@ -4,13 +4,15 @@
     from yoso_np.ray_data import Predictor
     ds = ray.data.read_json("corpus.jsonl")
     ds = ds.map_batches(Predictor, fn_constructor_kwargs={"model": "run1", "task": "text-classification"},
-                        batch_size=256, concurrency=2, num_cpus=0.75, batch_format="pyarrow")
+                        batch_size=512, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.75,
+                        batch_format="pyarrow")
     ds.write_parquet("preds/")
 
 Each actor loads the model once; a batch comes back with the prediction columns of `yoso-np predict` added.
 The predicting itself is predict.predict_rows, the same as the local run's. Ray itself is imported only here,
 and only when a Ray run starts.
 """
+import logging
 import os
 import shutil
 
@@ -165,6 +167,10 @@ def run_ray(model, input_path, output_path, options, *, address=None, num_worker
                  configure_logging=False)
     context = ray.data.DataContext.get_current()
     saved = context.execution_options.preserve_order, context.enable_progress_bars
+    data_logger = logging.getLogger("ray.data")
+    saved_level = data_logger.level
+    if quiet:
+        data_logger.setLevel(logging.ERROR)  # Ray Data's progress lines and notes
     try:
         context.execution_options.preserve_order = True  # output rows in input order
         context.enable_progress_bars = not quiet
@@ -175,7 +181,7 @@ def run_ray(model, input_path, output_path, options, *, address=None, num_worker
                                                               else model, "task": options.task, "device": device,
                                                               **hub, **_option_kwargs(options)},
                             batch_size=max(options.batch_size, RAY_BATCH_ROWS), batch_format="pyarrow",
-                            concurrency=workers,
+                            compute=ray.data.ActorPoolStrategy(size=workers),
                             num_cpus=share, num_gpus=1 if device == "cuda" else None)
         partial = target + ".partial-ray"
         if os.path.exists(partial):
@@ -188,6 +194,7 @@ def run_ray(model, input_path, output_path, options, *, address=None, num_worker
         return rows
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved
+        data_logger.setLevel(saved_level)
         if started:
             ray.shutdown()
 
