@@ -28,8 +28,8 @@ needs_blas = pytest.mark.skipif(not blas_threads(), reason="threadpoolctl sees n
 
 
 def tiny_model():
-    # intermediate 256 at n = 300: the GELU's 76800 elements go to the pool, and n >= 256 splits the sampling
-    # attention's rows over it, so these calls use the library's threads as real inputs do
+    # at n >= 256 the sampling attention's rows are split over the library's pool, as real inputs' are (the fork
+    # test checks that the pool was used)
     config = YosoConfig(vocab_size=50, hidden_size=32, num_attention_heads=2, num_hidden_layers=1,
                         intermediate_size=256, max_position_embeddings=400, num_hash=8, hash_code_len=4)
     return YosoForMaskedLM(config, seed=1)
