@@ -1,16 +1,14 @@
 """yoso_np.testing itself: emulated_cuda() installs and removes the CuPy stand-in exactly, the stand-in follows CuPy's
 rules, and the emulator runs a kernel with real threads and reports what a GPU would fault or race on."""
-import shutil
 import sys
 
 import numpy as np
 import pytest
 
 from yoso_np import backend
-from yoso_np.testing import EmulatorError, KernelFault, emulated_cuda
+from yoso_np.testing import EmulatorError, KernelFault, emulated_cuda, emulator
 
-needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                    reason="the CUDA emulator needs a C++ compiler")
+needs_compiler = pytest.mark.skipif(not emulator.available(), reason="the CUDA emulator needs GCC (g++)")
 
 
 def test_emulated_cuda_installs_and_restores_sys_modules():

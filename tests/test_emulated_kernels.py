@@ -1,17 +1,15 @@
 """The CUDA kernels through their launchers on "GPU" arrays under yoso_np.testing.emulated_cuda(): each block with its
 real 256 threads, against the NumPy reference, on sizes that stress the launchers; and broken copies of the sources
 (a missing __syncthreads(), a wrong index) are caught."""
-import shutil
 
 import numpy as np
 import pytest
 
 from yoso_np import lsh
 from yoso_np.raw_kernels import cumulation, fast_hash
-from yoso_np.testing import KernelFault, emulated_cuda
+from yoso_np.testing import KernelFault, emulated_cuda, emulator
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                reason="the CUDA emulator needs a C++ compiler")
+pytestmark = pytest.mark.skipif(not emulator.available(), reason="the CUDA emulator needs GCC (g++)")
 
 
 @pytest.fixture

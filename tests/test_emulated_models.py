@@ -3,7 +3,6 @@ both attention modes and a training step against the CPU, a pipeline with device
 --device cuda."""
 import argparse
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -11,11 +10,10 @@ import pytest
 import yoso_np
 from tests import test_gpu
 from tests.fixtures_io import list_cases
-from yoso_np.testing import emulated_cuda
+from yoso_np.testing import emulated_cuda, emulator
 from yoso_np.train import add_finetune_arguments, run_finetune
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                reason="the CUDA emulator needs a C++ compiler")
+pytestmark = pytest.mark.skipif(not emulator.available(), reason="the CUDA emulator needs GCC (g++)")
 
 
 @pytest.fixture
@@ -102,7 +100,6 @@ def test_fill_mask_pipeline_with_device_cuda(tmp_path):
 
 def test_finetune_with_device_cuda(tmp_path, monkeypatch):
     from tests.test_train import FIXTURE_TOKENIZER, write_sentiment
-    from yoso_np.testing import emulator
 
     launches = []
     launch = emulator.Kernel.__call__

@@ -1,6 +1,5 @@
 """`yoso-np parity` on a tiny local checkpoint: CPU float64 reference, CPU float32, CUDA float32 on the emulator."""
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -8,10 +7,9 @@ import pytest
 from tests.test_pipelines_cli import FIXTURE
 from yoso_np import Tokenizer, YosoConfig, YosoForMaskedLM, YosoForQuestionAnswering
 from yoso_np.cli import main
-from yoso_np.testing import parity
+from yoso_np.testing import emulator, parity
 
-needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                    reason="the CUDA emulator needs a C++ compiler")
+needs_compiler = pytest.mark.skipif(not emulator.available(), reason="the CUDA emulator needs GCC (g++)")
 
 
 def tiny(cls, folder):

@@ -53,11 +53,33 @@ def workers():
     return min(cores, MAX_WORKERS)
 
 
+_GCC = {}
+
+
 def compiler():
-    found = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    """$CXX or g++ on PATH, checked to be GCC (the instrumentation flags are GCC's); EmulatorError otherwise."""
+    found = os.environ.get("CXX") or shutil.which("g++")
     if not found:
-        raise EmulatorError("the CUDA emulator needs a C++ compiler (g++): none found on PATH and CXX is not set")
+        raise EmulatorError("the CUDA emulator needs GCC's C++ compiler: no g++ on PATH and CXX is not set")
+    if found not in _GCC:
+        try:  # the compiler's predefined macros: GCC defines __GNUC__, and clang defines it too, with __clang__
+            macros = subprocess.run([found, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True,
+                                    text=True).stdout
+        except OSError as exc:
+            raise EmulatorError(f"the CUDA emulator cannot run the C++ compiler {found}: {exc}") from None
+        _GCC[found] = "#define __GNUC__ " in macros and "__clang__" not in macros
+    if not _GCC[found]:
+        raise EmulatorError(f"the CUDA emulator needs GCC (g++), but {found} is another compiler")
     return found
+
+
+def available():
+    """True where the emulator can compile (GCC's g++ found), for skipping tests elsewhere."""
+    try:
+        compiler()
+    except EmulatorError:
+        return False
+    return True
 
 
 def cache_dir():
@@ -165,6 +187,7 @@ class Module:
         self.path = build(source)
         self.kernels = _KERNEL.findall(source)
         self._copies = []
+        self.launch_lock = threading.Lock()  # a copy's runtime holds one launch's state (and error) at a time
 
     def _copy(self, i):
         with Module._lock:
@@ -228,7 +251,8 @@ class Kernel:
         args = list(args)
         staged = _stage([a for a in args if isinstance(a, Pointer)])
         try:
-            self._launch(grid, block, args, shared_mem, staged)
+            with self.module.launch_lock:
+                self._launch(grid, block, args, shared_mem, staged)
         finally:
             _unstage(staged)
 
