@@ -244,6 +244,8 @@ def test_resume_reuses_finished_shards(models, tmp_path):
     ('[{"text": "a"}, {"text": null}]', "in.json", [], "in.json, item 2: field 'text' must be a string"),
     ("text,gold\na,1\n,2\n", "in.csv", [], "in.csv, line 3: field 'text' is empty"),
     ('{"text": "a"}\n', "in.txt", [], "unknown data format '.txt'"),
+    ("\n\n", "in.jsonl", [], "in.jsonl: the file holds no records"),
+    ('{"text": "a"}\n{"text": "b"}\n', "in.jsonl", ["--task", "fill-mask"], "fill-mask needs a YosoForMaskedLM"),
     ('{"text": "a"}\n', "in.jsonl", ["--task", "ner"], "token-classification needs a YosoForTokenClassification"),
     ('{"text": "a", "label": 1}\n', "in.jsonl", [], "in.jsonl, line 1: the input already has field 'label'"),
     ('{"text": "a"}\n{"text": "' + "the river " * 40 + '"}\n', "in.jsonl", [],
@@ -295,3 +297,11 @@ def test_parquet_join_unifies_the_shards_schemas(tmp_path):
     _join_parquet([str(n) for n in names], str(tmp_path / "out.parquet"))
     assert read(tmp_path / "out.parquet") == [row for rows in shards for row in rows]
     assert sorted(os.listdir(tmp_path)) == ["out.parquet", "part-0.jsonl", "part-1.jsonl"]
+
+
+def test_fill_mask_row_without_mask_is_named(models, tmp_path, capsys):
+    src = write(tmp_path / "in.jsonl", [{"text": "the <mask> mill"}, {"text": "the old mill"}])
+    assert main(["predict", str(models["mlm"]), "--task", "fill-mask", "--input", str(src), "--output",
+                 str(tmp_path / "out.jsonl"), "--quiet"]) == 2
+    assert "in.jsonl, line 2: no mask token '<mask>' in field 'text'" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]

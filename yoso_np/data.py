@@ -34,6 +34,15 @@ def read_records(path):
     JSON list, "row N" in Parquet) for error messages; the format comes from the extension:
     .jsonl/.ndjson (one object a line), .json (a list of objects), .csv/.tsv (a header row), .parquet (needs
     pyarrow: the `parquet` extra)."""
+    records = list(iter_records(path))
+    if not records:
+        raise DataError(f"{os.fspath(path)}: the file holds no records")
+    return records
+
+
+def iter_records(path):
+    """read_records one record at a time (a JSON list is parsed whole; the other formats are streamed), so
+    that a corpus larger than memory can be read; an empty file yields nothing."""
     path = os.fspath(path)
     kind = FORMATS.get(os.path.splitext(path)[1].lower())
     if kind is None:
@@ -42,23 +51,17 @@ def read_records(path):
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     if kind == "parquet":
-        records = _read_parquet(path)
-        if not records:
-            raise DataError(f"{path}: the file holds no records")
-        return records
+        yield from _read_parquet(path)
+        return
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not text
-            records = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_table, "tsv": _read_table}[kind](
+            yield from {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_table, "tsv": _read_table}[kind](
                 f, path, "\t" if kind == "tsv" else ",")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc})") from None
-    if not records:
-        raise DataError(f"{path}: the file holds no records")
-    return records
 
 
 def _read_jsonl(f, path, _):
-    records = []
     for number, line in enumerate(f, 1):
         if not line.strip():
             continue
@@ -70,8 +73,7 @@ def _read_jsonl(f, path, _):
             raise DataError(f"{path}, line {number}: not valid JSON (nested too deeply)") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
-        records.append((f"{path}, line {number}", record))
-    return records
+        yield f"{path}, line {number}", record
 
 
 def _read_json(f, path, _):
@@ -97,33 +99,34 @@ def _read_table(f, path, delimiter):
     try:
         header = next(reader, None)
         if header is None:
-            return []
+            return
         if len(set(header)) != len(header):
             raise DataError(f"{path}, line 1: the header repeats a column name: {header}")
-        records = []
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
                 raise DataError(f"{path}, line {reader.line_num}: {len(row)} cells, but the header has "
                                 f"{len(header)} columns")
-            records.append((f"{path}, line {reader.line_num}", dict(zip(header, row))))
+            yield f"{path}, line {reader.line_num}", dict(zip(header, row))
     except csv.Error as exc:
         raise DataError(f"{path}, line {reader.line_num}: malformed {('CSV', 'TSV')[delimiter == chr(9)]} ({exc})") \
             from None
-    return records
 
 
-def _read_parquet(path):
+def _read_parquet(path, batch_rows=4096):
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'yoso_np[parquet]')") from None
+    number = 0
     try:
-        rows = pq.read_table(path).to_pylist()
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            for row in batch.to_pylist():
+                number += 1
+                yield f"{path}, row {number}", row
     except Exception as exc:  # pyarrow raises ArrowInvalid and OSError subclasses for a damaged file
         raise DataError(f"{path}: not a readable Parquet file ({' '.join(str(exc).split())})") from None
-    return [(f"{path}, row {number}", row) for number, row in enumerate(rows, 1)]
 
 
 def extract_fields(records, *, text_field="text", text_pair_field=None, label_field=None):

@@ -3,8 +3,8 @@
     yoso-np predict run1 --task text-classification --input corpus.jsonl --output preds.jsonl
 
     options = PredictOptions("text-classification", top_k=2)
-    rows = [record for _, record in read_input("corpus.jsonl", options)]      # checked: fields, non-empty text
-    predictions = predict_rows(pipe, rows, options)                           # [{"labels": [...]}, ...]
+    check_input("corpus.jsonl", options, pipe)             # every row: its fields, non-empty text, its length
+    predictions = predict_rows(pipe, [{"text": "so good"}], options)    # [{"labels": [...]}]
 
 Every output row is its input row with the prediction fields added, in input order. The rows are cut into shards
 of ``shard_size``; each finished shard is written to a temporary name and renamed into the work folder beside
@@ -12,7 +12,9 @@ PATH (``PATH.partial/``), so a run killed at any moment loses at most the shard 
 run again skips the finished shards. At the end the shards are joined into a temporary file renamed to PATH (or
 the folder of shards is renamed to PATH/), then the work folder is removed: PATH never holds a partial result,
 and each shard's rows go through the same batches whether or not the run was interrupted, so the final output
-is the same bytes.
+is the same bytes. The input is streamed (read once to check every row, once more for the lengths when the
+model must refuse long texts, once to run), so memory holds one shard, not the corpus; a .json list is the
+exception, parsed whole.
 """
 import hashlib
 import json
@@ -21,7 +23,7 @@ import shutil
 import sys
 from dataclasses import asdict, dataclass
 
-from .data import DataError, read_records
+from .data import DataError, iter_records
 from .pipelines import InputTooLong
 
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -88,32 +90,49 @@ def check_records(records, options):
                             f"overwrite; pass --prefix (e.g. --prefix pred_) to name the prediction fields apart")
 
 
-def read_input(path, options):
-    """The records of an input file as [(where, dict)], checked by check_records."""
-    records = read_records(path)
-    check_records(records, options)
-    return records
+def chunks(path, size):
+    """The records of an input file in lists of ``size`` (the last one shorter), read as they are needed."""
+    chunk = []
+    for item in iter_records(path):
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
-def check_lengths(pipe, records, options, chunk=4096):
-    """Without truncation, a text longer than the model's limit is a DataError naming its row (before any
-    shard runs, so a bad row leaves no output)."""
+def check_input(path, options, pipe=None, chunk=4096):
+    """Read the input once and check every row: its fields (check_records) and, given the pipeline, its length
+    (check_lengths). Returns the number of rows; an empty file is a DataError."""
+    rows = 0
+    for part in chunks(path, chunk):
+        check_records(part, options)
+        if pipe is not None:
+            check_lengths(pipe, part, options)
+        rows += len(part)
+    if not rows:
+        raise DataError(f"{os.fspath(path)}: the file holds no records")
+    return rows
+
+
+def check_lengths(pipe, records, options):
+    """Without truncation, a text longer than the model's limit is a DataError naming its row (checked before
+    any shard runs, so a bad row leaves no output); for fill-mask, a text without the mask token."""
     if options.truncation or options.task == "question-answering":  # QA cuts long contexts into windows
         return
-    for start in range(0, len(records), chunk):
-        part = records[start:start + chunk]
-        texts = [r[options.text_field] for _, r in part]
-        pairs = [r[options.text_pair_field] for _, r in part] if options.text_pair_field else None
-        try:
-            pipe.tokenize(texts, pairs, max_length=options.max_length)
-        except InputTooLong as exc:
-            raise DataError(f"{part[exc.index][0]}: the text has {exc.tokens} tokens, more than the limit of "
-                            f"{exc.limit}; pass --truncation to cut it") from None
-        if options.task == "fill-mask":
-            mask = pipe.tokenizer.mask_token
-            bad = next((where for where, r in part if mask not in r[options.text_field]), None)
-            if bad:
-                raise DataError(f"{bad}: no mask token {mask!r} in field {options.text_field!r}")
+    texts = [r[options.text_field] for _, r in records]
+    pairs = [r[options.text_pair_field] for _, r in records] if options.text_pair_field else None
+    try:
+        pipe.tokenize(texts, pairs, max_length=options.max_length)
+    except InputTooLong as exc:
+        raise DataError(f"{records[exc.index][0]}: the text has {exc.tokens} tokens, more than the limit of "
+                        f"{exc.limit}; pass --truncation to cut it") from None
+    if options.task == "fill-mask":
+        mask = pipe.tokenizer.mask_token
+        bad = next((where for where, r in records if mask not in r[options.text_field]), None)
+        if bad:
+            raise DataError(f"{bad}: no mask token {mask!r} in field {options.text_field!r}")
 
 
 # -- predicting ----------------------------------------------------------------------------------------------------
@@ -214,24 +233,26 @@ def run_predict(make_pipeline, input_path, output_path, options, *, model_id, sh
         raise ValueError(f"--output {output_path}: the folder exists and is not empty; remove it or choose another")
     if kind == "parquet":
         _pyarrow(output_path)
-    records = read_input(input_path, options)
+    total = check_input(input_path, options)  # the rows' fields, before the model loads
     pipe = make_pipeline()
-    check_lengths(pipe, records, options)
+    if not (options.truncation or options.task == "question-answering"):
+        check_input(input_path, options, pipe)
 
     job = {"input": os.path.abspath(input_path), "input_sha256": file_digest(input_path), "model": model_id,
-           "options": asdict(options), "shard_size": shard_size, "rows": len(records)}
+           "options": asdict(options), "shard_size": shard_size, "rows": total}
     if not _start_work(work, job):  # a folder run killed between its rename and the clean-up
         shutil.rmtree(work)
-        return len(records)
-    shards = [(i, records[start:start + shard_size]) for i, start in enumerate(range(0, len(records), shard_size))]
-    width = max(5, len(str(len(shards) - 1)))
-    names = [os.path.join(work, "shards", f"part-{i:0{width}d}.jsonl") for i, _ in shards]
+        return total
+    count = -(-total // shard_size)
+    width = max(5, len(str(count - 1)))
+    names = [os.path.join(work, "shards", f"part-{i:0{width}d}.jsonl") for i in range(count)]
     done = [os.path.exists(name) for name in names]
+    sizes = [min(shard_size, total - i * shard_size) for i in range(count)]
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(records), initial=sum(len(s) for (_, s), d in zip(shards, done) if d), unit="rows",
-              disable=quiet, file=progress_file or sys.stderr, desc=options.task, dynamic_ncols=True) as bar:
-        for (i, shard), name, finished in zip(shards, names, done):
+    with tqdm(total=total, initial=sum(n for n, d in zip(sizes, done) if d), unit="rows", disable=quiet,
+              file=progress_file or sys.stderr, desc=options.task, dynamic_ncols=True) as bar:
+        for shard, name, finished in zip(chunks(input_path, shard_size), names, done):
             if finished:
                 continue
             rows = [r for _, r in shard]
@@ -239,7 +260,7 @@ def run_predict(make_pipeline, input_path, output_path, options, *, model_id, sh
             _write_atomic(name, lambda f: f.writelines(_json_line({**r, **p}) for r, p in zip(rows, predictions)))
             bar.update(len(rows))
     _join(names, target, kind, work)
-    return len(records)
+    return total
 
 
 def _start_work(work, job):

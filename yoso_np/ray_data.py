@@ -18,7 +18,7 @@ import shutil
 
 import numpy as np
 
-from .predict import PredictOptions, check_lengths, check_records, predict_rows, read_input
+from .predict import PredictOptions, check_input, check_records, predict_rows
 
 RAY_BATCH_ROWS = 512  # rows per map_batches call: the pipeline sorts within it, as the local run within a shard
 IO_CPUS = 0.25  # what each read and write task asks for: an actor pool never leaves them starved (see run_ray)
@@ -160,7 +160,8 @@ def run_ray(model, input_path, output_path, options, *, address=None, num_worker
     if os.path.exists(input_path):  # the local run's checks and messages, before the cluster starts
         from .pipelines import pipeline
 
-        check_lengths(pipeline(options.task, model, device="cpu", **hub), read_input(input_path, options), options)
+        check_input(input_path, options)
+        check_input(input_path, options, pipeline(options.task, model, device="cpu", **hub))
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
