@@ -67,6 +67,12 @@ extern "C" __global__ void divergent(float* y) {
 }
 
 extern "C" __global__ void count(float* total) { atomicAdd(total, 1.f); }
+
+extern "C" __global__ void index2d(int* out) {
+    const int block = blockIdx.y * gridDim.x + blockIdx.x;
+    const int thread = threadIdx.y * blockDim.x + threadIdx.x;
+    out[block * blockDim.x * blockDim.y + thread] = block * 1000 + thread;
+}
 """
 
 
@@ -85,6 +91,9 @@ def test_a_raw_kernel_runs_every_block_with_real_threads():
         total = cp.zeros(1, dtype=cp.float32)
         module.get_function("count")((37,), (1024,), (total,))
         assert total.get()[0] == 37 * 1024  # float atomics from many threads and blocks lose nothing
+        out = cp.empty(6 * 32, dtype=cp.int32)
+        module.get_function("index2d")((3, 2), (8, 4), (out,))
+        np.testing.assert_array_equal(out.get(), (np.arange(6)[:, None] * 1000 + np.arange(32)).ravel())
 
 
 @needs_compiler
