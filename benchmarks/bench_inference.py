@@ -75,7 +75,10 @@ def run_case(case):
     if impl == "onnx":
         import onnxruntime as ort
 
-        session = ort.InferenceSession(case["onnx"], providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if common.threads():
+            options.intra_op_num_threads = options.inter_op_num_threads = common.threads()
+        session = ort.InferenceSession(case["onnx"], options, providers=["CPUExecutionProvider"])
         forward = lambda: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]  # noqa: E731
     else:
         import yoso_np
@@ -154,10 +157,11 @@ def main():
     if "onnx" in impls and not path.exists():
         common.progress(f"exporting transformers' YosoModel to {path} (once)")
         subprocess.run([sys.executable, __file__, "--export-onnx", "--layers", str(args.layers)], check=True)
-    cases = common.with_baseline([dict(impl=impl, batch=b, n=n, size=f"{b}x{n}", layers=args.layers,
+    cases = common.with_run_options([dict(impl=impl, batch=b, n=n, size=f"{b}x{n}", layers=args.layers,
                                        repeats=args.repeats, onnx=str(path)) for b, n in shapes for impl in impls],
-                                 args.baseline)
+                                 args)
     print(f"## YosoModel forward on CPU: hidden 768, 12 heads, {args.layers} layers, FFN 3072, "
+          f"{common.threads_note(args)}, "
           f"median of {args.repeats} after 1 warm-up, x {args.rounds} interleaved rounds\n")
     with tempfile.TemporaryDirectory(prefix="yoso_np_bench_") as out_dir:
         common.run_all(__file__, cases, out_dir, "batch x n", "max abs diff vs torch", args.rounds)

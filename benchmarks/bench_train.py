@@ -63,10 +63,11 @@ def main():
     args = parser.parse_args()
     impls = common.chosen_impls(parser, args, IMPLS)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    cases = common.with_baseline([dict(impl=impl, batch=b, n=n, size=f"{b}x{n}", layers=args.layers,
-                                       repeats=args.repeats) for b, n in shapes for impl in impls], args.baseline)
+    cases = common.with_run_options([dict(impl=impl, batch=b, n=n, size=f"{b}x{n}", layers=args.layers,
+                                       repeats=args.repeats) for b, n in shapes for impl in impls], args)
     print(f"## YosoForSequenceClassification training step on CPU: hidden 768, 12 heads, {args.layers} layers, "
-          f"FFN 3072, eval mode, median of {args.repeats} after 1 warm-up, x {args.rounds} interleaved rounds\n")
+          f"FFN 3072, eval mode, {common.threads_note(args)}, median of {args.repeats} after 1 warm-up, "
+          f"x {args.rounds} interleaved rounds\n")
     with tempfile.TemporaryDirectory(prefix="yoso_np_bench_") as out_dir:
         common.run_all(__file__, cases, out_dir, "batch x n", "max abs diff vs torch (loss, logits, grads)",
                        args.rounds)

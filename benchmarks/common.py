@@ -89,6 +89,9 @@ def torch_model(class_name, config, weights):
     import torch
     import transformers
 
+    if threads():
+        torch.set_num_threads(threads())
+
     model = getattr(transformers, class_name)(transformers.YosoConfig.from_dict(config.to_dict())).eval()
     missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
     not_buffers = set(missing) - {name for name, _ in model.named_buffers()}
@@ -105,23 +108,32 @@ def add_run_arguments(parser, impls, unit):
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every case this many times, interleaved, against a drifting machine")
     parser.add_argument("--impl", default=",".join(impls), help=f"comma-separated subset of {','.join(impls)}")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="run every implementation on this many cores: the worker is pinned to the first N and "
+                             "each library's threads set to N (default: each library's own default)")
     parser.add_argument("--baseline", metavar="DIR",
                         help="also run each yoso_np implementation from the yoso_np checkout in DIR (rows IMPL@base), "
                              "interleaved with this checkout's: before and after a change in one run")
 
 
-def with_baseline(cases, baseline):
-    """Each yoso_np case followed by the same case run from the checkout ``baseline`` (impl "IMPL@base")."""
-    if not baseline:
+def with_run_options(cases, args):
+    """The cases with --threads, and with --baseline each yoso_np case followed by the same case run from that
+    checkout (impl "IMPL@base")."""
+    cases = [{**case, "threads": args.threads} for case in cases]
+    if not args.baseline:
         return cases
-    if not os.path.isdir(os.path.join(baseline, "yoso_np")):
-        raise SystemExit(f"--baseline: {baseline} is not a yoso_np checkout (no yoso_np folder in it)")
+    if not os.path.isdir(os.path.join(args.baseline, "yoso_np")):
+        raise SystemExit(f"--baseline: {args.baseline} is not a yoso_np checkout (no yoso_np folder in it)")
     out = []
     for case in cases:
         out.append(case)
         if case["impl"] not in ("torch", "onnx"):
-            out.append({**case, "impl": case["impl"] + "@base", "src": os.path.abspath(baseline)})
+            out.append({**case, "impl": case["impl"] + "@base", "src": os.path.abspath(args.baseline)})
     return out
+
+
+def threads_note(args):
+    return f"{args.threads} threads on {args.threads} cores" if args.threads else "each library's default threads"
 
 
 def chosen_impls(parser, args, impls):
@@ -149,6 +161,8 @@ def worker_main(run_case):
     case = json.loads(sys.argv[sys.argv.index("--worker") + 1])
     if case.get("src"):  # a --baseline case: that checkout's yoso_np
         sys.path.insert(0, case["src"])
+    if case.get("threads"):
+        limit_threads(case["threads"])
     try:
         outputs, stats = run_case({**case, "impl": case["impl"].split("@")[0]})
     except Exception as exc:  # reported as a skipped row, e.g. an implementation that is not finished
@@ -156,6 +170,22 @@ def worker_main(run_case):
         return
     np.savez(case["out"], **{k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()})
     print(json.dumps(stats))
+
+
+def limit_threads(n):
+    """This process on its first n cores (yoso_np sizes its pool by them) with n BLAS threads; torch and ONNX Runtime
+    read THREADS through threads()."""
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(n)
+    os.environ["YOSO_NP_BENCH_THREADS"] = str(n)
+
+
+def threads():
+    """The --threads setting of this worker, or None for each library's default."""
+    n = os.environ.get("YOSO_NP_BENCH_THREADS")
+    return int(n) if n else None
 
 
 def max_abs_diff(path, ref_path):
@@ -208,7 +238,7 @@ def markdown_table(rows, size_header, diff_header):
             notes.append(f"- {r['impl']} at {size_header} {r['size']}: skipped, {r['error']}")
             continue
         diff = "-" if r.get("diff") is None else f"{r['diff']:.2e}"
-        out.append(f"| {r['size']} | {r['impl']} | {r['time']:.3f} |" + "".join(f" {ratio(r, 'time', ref)} |"
+        out.append(f"| {r['size']} | {r['impl']} | {r['time']:.4f} |" + "".join(f" {ratio(r, 'time', ref)} |"
                                                                               for ref in refs) +
                    f" {r['extra_mib']:.0f} | {ratio(r, 'extra_mib', 'torch')} | {r['process_peak_mib']:.0f} | {diff} |")
         if not r["hwm_reset"]:
