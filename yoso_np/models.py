@@ -220,7 +220,8 @@ class YosoPreTrainedModel:
                              f"got {tuple(position_ids.shape)}")
         if position_ids is not None and position_ids.ndim == 1:
             position_ids = position_ids[None, :]
-        if position_ids is not None and (position_ids.shape[1] != shape[1] or position_ids.shape[0] not in (1, shape[0])):
+        if position_ids is not None and (position_ids.shape[1] != shape[1]
+                                         or position_ids.shape[0] not in (1, shape[0])):
             raise ValueError(f"position_ids must have shape {tuple(shape)} or (1, {shape[1]}), "
                              f"got {tuple(position_ids.shape)}")
         if attention_mask is None:
