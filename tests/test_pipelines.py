@@ -272,6 +272,9 @@ def test_question_answering_windows_and_arguments(checkpoints):
             qa(question="Where?", context="In the mill.", **kwargs)
     with pytest.raises(ValueError, match=r"inputs\[0\]\['context'\] must not be empty"):
         qa(question="Where?", context="")
+    with pytest.raises(ValueError, match=r"text 1 has a question of \d+ tokens, which leaves -?\d+ of the "
+                                         r"40-token window to the context, not more than doc_stride=10"):
+        qa(question=["Where?", "where is the old mill " * 4], context="In the mill.", max_seq_len=40, doc_stride=10)
     with pytest.raises(ValueError, match="needs question= and context="):
         qa(question="Where?")
     with pytest.raises(ValueError, match="question and context must have the same length"):

@@ -305,3 +305,19 @@ def test_fill_mask_row_without_mask_is_named(models, tmp_path, capsys):
                  str(tmp_path / "out.jsonl"), "--quiet"]) == 2
     assert "in.jsonl, line 2: no mask token '<mask>' in field 'text'" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
+
+
+def test_question_answering_rows_that_cannot_be_windowed(models, tmp_path, capsys):
+    long_question = "where is the old mill by the river " * 3
+    src = write(tmp_path / "in.jsonl", [{"question": "Where?", "context": CONTEXT},
+                                        {"question": long_question, "context": CONTEXT}])
+    argv = ["predict", str(models["qa"]), "--task", "question-answering", "--input", str(src), "--output",
+            str(tmp_path / "out.jsonl"), "--quiet", "--max-length", "48"]
+    assert main(argv + ["--doc-stride", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "in.jsonl, line 2: the row has a question of" in err and "not more than doc_stride=8" in err
+    assert main(argv + ["--doc-stride", "60"]) == 2
+    assert "doc_stride must be in [0, max_seq_len=48], got 60" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]
+    assert main(argv[:-2] + ["--max-length", "64", "--doc-stride", "4"]) == 0
+    assert len(read(tmp_path / "out.jsonl")) == 2

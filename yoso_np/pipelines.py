@@ -36,12 +36,12 @@ _UNSET = object()  # text-classification tells "top_k not given" (one dict per t
 
 
 class InputTooLong(ValueError):
-    """A text with more tokens than the limit; ``index`` is its place in the call's list."""
+    """An input with more tokens than the model takes: ``index`` is its place in the call's list, ``detail``
+    what is too long (for messages that name the row another way, as `yoso-np predict` does)."""
 
-    def __init__(self, index, tokens, limit):
-        super().__init__(f"text {index} has {tokens} tokens, more than the limit of {limit}; "
-                         f"pass truncation=True to cut it")
-        self.index, self.tokens, self.limit = index, tokens, limit
+    def __init__(self, index, detail, hint):
+        super().__init__(f"text {index} {detail}; {hint}")
+        self.index, self.detail = index, detail
 
 
 def _positive_int(value, name):
@@ -108,7 +108,8 @@ class Pipeline:
                     encodings[i] = e
         for i, e in enumerate(encodings):
             if len(e.ids) > limit:
-                raise InputTooLong(i, len(e.ids), limit)
+                raise InputTooLong(i, f"has {len(e.ids)} tokens, more than the limit of {limit}",
+                                   "pass truncation=True to cut it")
         return encodings
 
     def run(self, encodings, *, batch_size=None, sort=None, **options):
@@ -495,12 +496,8 @@ class QuestionAnsweringPipeline(Pipeline):
         examples, single = self._examples(inputs, question, context)
         top_k = _positive_int(top_k, "top_k")
         max_answer_len = _positive_int(max_answer_len, "max_answer_len")
-        max_seq_len = min(self.max_length, 384) if max_seq_len is None else _positive_int(max_seq_len, "max_seq_len")
-        doc_stride = min(max_seq_len // 2, 128) if doc_stride is None else int(doc_stride)
-        if doc_stride < 0 or doc_stride > max_seq_len:
-            raise ValueError(f"doc_stride must be in [0, max_seq_len={max_seq_len}], got {doc_stride}")
-        if max_seq_len > self.max_length:
-            raise ValueError(f"max_seq_len must be at most the model's limit of {self.max_length}, got {max_seq_len}")
+        max_seq_len, doc_stride = self.windows(max_seq_len, doc_stride)
+        self.check_questions([q for q, _ in examples], max_seq_len, doc_stride)
         encodings = self.tokenizer.encodings([q for q, _ in examples], [c for _, c in examples],
                                              truncation="only_second", max_length=max_seq_len, stride=doc_stride)
         windows, owner = [], []
@@ -515,6 +512,27 @@ class QuestionAnsweringPipeline(Pipeline):
         results = [self._answers(context, spans, top_k, max_answer_len, handle_impossible_answer, align_to_words)
                    for (_, context), spans in zip(examples, per_example)]
         return results[0] if single else results
+
+    def windows(self, max_seq_len=None, doc_stride=None):
+        """(max_seq_len, doc_stride), checked, with transformers' defaults: min(384, the model's limit) tokens a
+        window, windows overlapping by min(max_seq_len // 2, 128) tokens."""
+        max_seq_len = min(self.max_length, 384) if max_seq_len is None else _positive_int(max_seq_len, "max_seq_len")
+        doc_stride = min(max_seq_len // 2, 128) if doc_stride is None else int(doc_stride)
+        if doc_stride < 0 or doc_stride > max_seq_len:
+            raise ValueError(f"doc_stride must be in [0, max_seq_len={max_seq_len}], got {doc_stride}")
+        if max_seq_len > self.max_length:
+            raise ValueError(f"max_seq_len must be at most the model's limit of {self.max_length}, got {max_seq_len}")
+        return max_seq_len, doc_stride
+
+    def check_questions(self, questions, max_seq_len, doc_stride):
+        """InputTooLong for a question that leaves the context no more than doc_stride tokens of a window (the
+        windows could not advance through the context)."""
+        room = max_seq_len - self.tokenizer.backend.num_special_tokens_to_add(True)
+        for i, q in enumerate(self.tokenizer.encodings(questions, add_special_tokens=False) if questions else []):
+            if room - len(q.ids) <= doc_stride:
+                raise InputTooLong(i, f"has a question of {len(q.ids)} tokens, which leaves {room - len(q.ids)} "
+                                      f"of the {max_seq_len}-token window to the context, not more than "
+                                      f"doc_stride={doc_stride}", "shorten it, or raise max_seq_len")
 
     @staticmethod
     def _examples(inputs, question, context):

@@ -117,17 +117,25 @@ def check_input(path, options, pipe=None, chunk=4096):
 
 
 def check_lengths(pipe, records, options):
-    """Without truncation, a text longer than the model's limit is a DataError naming its row (checked before
-    any shard runs, so a bad row leaves no output); for fill-mask, a text without the mask token."""
-    if options.truncation or options.task == "question-answering":  # QA cuts long contexts into windows
+    """DataError naming the row (checked before any shard runs, so a bad row leaves no output): without
+    truncation, a text longer than the model's limit; for question-answering, a question that leaves its context
+    no room in a window; for fill-mask, a text without the mask token."""
+    if options.task == "question-answering":  # long contexts go into windows; a question must leave them room
+        windows = pipe.windows(options.max_length, options.doc_stride)
+        try:
+            pipe.check_questions([r[options.question_field] for _, r in records], *windows)
+        except InputTooLong as exc:
+            raise DataError(f"{records[exc.index][0]}: the row {exc.detail}; shorten it, or raise --max-length") \
+                from None
+        return
+    if options.truncation:
         return
     texts = [r[options.text_field] for _, r in records]
     pairs = [r[options.text_pair_field] for _, r in records] if options.text_pair_field else None
     try:
         pipe.tokenize(texts, pairs, max_length=options.max_length)
     except InputTooLong as exc:
-        raise DataError(f"{records[exc.index][0]}: the text has {exc.tokens} tokens, more than the limit of "
-                        f"{exc.limit}; pass --truncation to cut it") from None
+        raise DataError(f"{records[exc.index][0]}: the text {exc.detail}; pass --truncation to cut it") from None
     if options.task == "fill-mask":
         mask = pipe.tokenizer.mask_token
         bad = next((where for where, r in records if mask not in r[options.text_field]), None)
@@ -158,13 +166,15 @@ def predict_rows(pipe, rows, options):
     if o.task == "fill-mask":
         return [{p + "predictions": x} for x in pipe(texts, top_k=o.top_k or 5, **calls)]
     examples = [{"question": r[o.question_field], "context": r[o.context_field]} for r in rows]
-    kwargs = dict(top_k=o.top_k or 1, doc_stride=o.doc_stride, **calls)
-    if o.max_length is not None:
-        kwargs["max_seq_len"] = o.max_length
-    out = pipe(examples, **kwargs)
+    out = pipe(examples, top_k=o.top_k or 1, **_qa_arguments(o), **calls)
     if (o.top_k or 1) > 1:
         return [{p + "answers": x if isinstance(x, list) else [x]} for x in out]
     return [{p + k: x[k] for k in ("answer", "score", "start", "end")} for x in out]
+
+
+def _qa_arguments(options):
+    return {"doc_stride": options.doc_stride, **({} if options.max_length is None else
+                                                  {"max_seq_len": options.max_length})}
 
 
 # -- shards, joining and resuming ----------------------------------------------------------------------------------
@@ -235,7 +245,7 @@ def run_predict(make_pipeline, input_path, output_path, options, *, model_id, sh
         _pyarrow(output_path)
     total = check_input(input_path, options)  # the rows' fields, before the model loads
     pipe = make_pipeline()
-    if not (options.truncation or options.task == "question-answering"):
+    if not options.truncation or options.task == "question-answering":
         check_input(input_path, options, pipe)
 
     job = {"input": os.path.abspath(input_path), "input_sha256": file_digest(input_path), "model": model_id,
