@@ -53,6 +53,12 @@ def test_predict_on_a_local_two_cpu_cluster_equals_the_local_run(models, tmp_pat
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         assert main(argv + ["--output", f"{tmp_path}/ray/", "--ray"]) == 0
+        table = write(tmp_path / "in.tsv", [{"id": 7, "text": "a\tb", "n": "003"}, {"id": 8, "text": "c", "n": ""}])
+        from yoso_np.data import read_records
+        from yoso_np.ray_data import _read
+
+        # Ray Data's reader keeps the cells strings, as the local run reads them
+        assert _read(ray, str(table), None).take_all() == [r for _, r in read_records(table)]
     finally:
         ray.shutdown()
     names = sorted(os.listdir(tmp_path / "ray"))
