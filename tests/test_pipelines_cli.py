@@ -56,10 +56,11 @@ def test_fill_mask_one_mask(fill):
     scores = [p["score"] for p in out]
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
     probs = softmax_at_masks(fill, TEXT)[0]
-    np.testing.assert_allclose(scores, np.sort(probs)[::-1][:4], rtol=1e-10)
+    # the pipeline runs the MLM head on the mask rows alone: the same logits up to float32 rounding
+    np.testing.assert_allclose(scores, np.sort(probs)[::-1][:4], rtol=1e-6)
     tok = fill.tokenizer
     for p in out:
-        assert isinstance(p["token"], int) and probs[p["token"]] == pytest.approx(p["score"], rel=1e-10)
+        assert isinstance(p["token"], int) and probs[p["token"]] == pytest.approx(p["score"], rel=1e-6)
         assert p["token_str"] == tok.decode([p["token"]])
         ids = tok.encode(TEXT)
         ids[ids.index(tok.mask_token_id)] = p["token"]
@@ -81,7 +82,7 @@ def test_fill_mask_several_masks_and_lists(fill):
     assert len(out) == 2 and all(len(row) == 3 for row in out)
     probs = softmax_at_masks(fill, text)
     for row, mask_probs in zip(out, probs):
-        assert [p["score"] for p in row] == pytest.approx(np.sort(mask_probs)[::-1][:3].tolist(), rel=1e-10)
+        assert [p["score"] for p in row] == pytest.approx(np.sort(mask_probs)[::-1][:3].tolist(), rel=1e-6)
         assert all(p["sequence"].count("<mask>") == 1 for p in row)  # the other mask stays visible
 
     texts = [TEXT, "a <mask>", text]
@@ -99,7 +100,7 @@ def test_fill_mask_targets(fill):
     out = fill(TEXT, targets=["Ġthe", "Ġof"], top_k=5)
     assert sorted(p["token"] for p in out) == sorted(tok.convert_tokens_to_ids(["Ġthe", "Ġof"]))
     probs = softmax_at_masks(fill, TEXT)[0]
-    assert [p["score"] for p in out] == sorted((probs[p["token"]] for p in out), reverse=True)
+    assert [p["score"] for p in out] == pytest.approx(sorted((probs[p["token"]] for p in out), reverse=True), rel=1e-6)
     with pytest.warns(UserWarning, match="'zz' is not in the vocabulary"):
         assert [p["token"] for p in fill(TEXT, targets="zz")] == [tok.convert_tokens_to_ids("z")]
 

@@ -21,7 +21,8 @@ import warnings
 import numpy as np
 
 from . import checkpoint, models
-from .backend import to_numpy
+from .backend import array_module, to_numpy
+from .layers import heads, sub
 from .config import CONFIG_NAME, YosoConfig
 from .models import (YosoForMaskedLM, YosoForQuestionAnswering, YosoForSequenceClassification,
                      YosoForTokenClassification, YosoModel, YosoPreTrainedModel)
@@ -220,9 +221,17 @@ class FillMaskPipeline(Pipeline):
         return results[0] if single else results
 
     def forward(self, batch, lengths):
-        logits = self.model(**batch).logits  # (batch, n, vocab)
-        is_mask = batch["input_ids"] == self.tokenizer.mask_token_id
-        return [_softmax(to_numpy(logits[b][np.flatnonzero(is_mask[b])])) for b in range(len(lengths))]
+        # the MLM head on the mask tokens alone: its decoder (hidden x vocab) is the largest product of a short
+        # text (a 16-token sentence on the base model: 1.2 of 3.9 GFLOP) and the other rows' logits are never read
+        model = self.model
+        hidden = YosoModel(model.config, model.base_weights)(**batch).last_hidden_state  # (batch, n, hidden)
+        rows, cols = np.nonzero(batch["input_ids"] == self.tokenizer.mask_token_id)
+        xp = array_module(hidden)
+        masked = hidden[xp.asarray(rows), xp.asarray(cols)][None]  # (1, masks, hidden)
+        logits, _ = heads.mlm_head(sub(model.weights, "cls.predictions."), masked,
+                                   model.weights["yoso.embeddings.word_embeddings.weight"], model.config)
+        probs = _softmax(to_numpy(logits[0]))
+        return np.split(probs, np.cumsum(np.bincount(rows, minlength=len(lengths)))[:-1])
 
     def _fill(self, ids, scores, top_k, target_ids):
         positions = np.flatnonzero(ids == self.tokenizer.mask_token_id)
