@@ -20,13 +20,15 @@ _MISSING = object()
 @contextlib.contextmanager
 def emulated_cuda():
     """Install the CuPy stand-in and the kernel emulator for the block; sys.modules is restored exactly on exit.
-    Yields the stand-in ``cupy`` module. Arrays made inside stop being "GPU" arrays outside."""
+    Yields the stand-in ``cupy`` module. Arrays made inside stop being "GPU" arrays outside. Its ``counts`` (a dict:
+    launches, host_to_device, device_to_host, synchronizations, device_queries) start at zero."""
     from ..raw_kernels import _compile
     from . import fake_cupy
 
     saved = {name: sys.modules.get(name, _MISSING) for name in fake_cupy.MODULES}
     saved_kernels = _compile._modules
     sys.modules.update(fake_cupy.MODULES)
+    fake_cupy.reset_counts()
     _compile._modules = {}  # RawModules compiled for a real device must not meet the stand-in's, nor the reverse
     try:
         yield fake_cupy.MODULES["cupy"]

@@ -21,6 +21,24 @@ import numpy as np
 
 from . import emulator
 
+# What a GPU pays for, counted for tests that pin budgets (`with emulated_cuda() as gpu: ...; gpu.counts`):
+# launches (kernels and array operations; views, reshapes and empty allocations are free), transfers each way
+# (device_to_host includes every implicit sync: bool/int/float of an array, .item(), .get()), explicit
+# synchronizations and device attribute queries. emulated_cuda() zeroes them on entry.
+counts = {"launches": 0, "host_to_device": 0, "device_to_host": 0, "synchronizations": 0, "device_queries": 0}
+_FREE = frozenset("reshape transpose swapaxes moveaxis expand_dims squeeze broadcast_to broadcast_arrays atleast_1d "
+                  "atleast_2d split array_split view shape ndim size".split())
+
+
+def reset_counts():
+    for key in counts:
+        counts[key] = 0
+
+
+def _count(kind, n=1):
+    counts[kind] += n
+
+
 def _root(a):
     """The NumPy array owning `a`'s memory: a kernel may touch all of it (CUDA's memcheck works per allocation)."""
     while isinstance(a.base, np.ndarray):
@@ -57,15 +75,18 @@ class ndarray:
                         "NumPy array explicitly.")
 
     def get(self, stream=None, order="C", out=None):
+        _count("device_to_host")
         if out is not None:
             np.copyto(out, self._a)
             return out
         return np.array(self._a, order=order)
 
     def item(self, *args):
+        _count("device_to_host")
         return self._a.item(*args)
 
     def tolist(self):
+        _count("device_to_host")
         return self._a.tolist()
 
     def __repr__(self):
@@ -77,11 +98,13 @@ class ndarray:
     def _scalar(self, kind):
         if self._a.size != 1:
             raise TypeError(f"only size-1 arrays can be converted to Python scalars, got shape {self._a.shape}")
+        _count("device_to_host")
         return kind(self._a.reshape(()))
 
     def __bool__(self):
         if self._a.size != 1:
             raise ValueError("The truth value of an array with more than one element is ambiguous.")
+        _count("device_to_host")
         return bool(self._a.reshape(()))
 
     def __float__(self):
@@ -124,11 +147,15 @@ class ndarray:
 
     # -- indexing
     def __getitem__(self, key):
-        return _wrap(self._a[_unwrap_index(key)])
+        out = self._a[_unwrap_index(key)]
+        if not np.may_share_memory(out, self._a):  # advanced indexing gathers: a kernel; basic indexing is a view
+            _count("launches")
+        return _wrap(out)
 
     def __setitem__(self, key, value):
         if isinstance(value, np.ndarray) and value.ndim:
             raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+        _count("launches")
         self._a[_unwrap_index(key)] = value._a if isinstance(value, ndarray) else _scalar_arg(value)
 
     # -- NumPy's protocols: NumPy functions called on these arrays run the stand-in's
@@ -151,6 +178,8 @@ _METHODS = ("astype reshape transpose swapaxes sum mean max min argmax argmin an
 
 def _method(name):
     def method(self, *args, **kwargs):
+        if name not in _FREE:
+            _count("launches")
         out = getattr(self._a, name)(*_unwrap(args, name), **_unwrap(kwargs, name))
         return self if out is None and name in ("fill", "sort") else _wrap_result(out, kwargs)
     method.__name__ = name
@@ -272,19 +301,24 @@ class _Ufunc:
         return kwargs
 
     def __call__(self, *args, **kwargs):
+        _count("launches")
         args = [_scalar_arg(a, self.__name__) for a in args]
         return _wrap_result(self._f(*args, **self._kwargs(kwargs)), kwargs)
 
     def reduce(self, a, *args, **kwargs):
+        _count("launches")
         return _wrap_result(self._f.reduce(_scalar_arg(a, self.__name__), *args, **self._kwargs(kwargs)), kwargs)
 
     def accumulate(self, a, *args, **kwargs):
+        _count("launches")
         return _wrap_result(self._f.accumulate(_scalar_arg(a, self.__name__), *args, **self._kwargs(kwargs)), kwargs)
 
     def outer(self, a, b, **kwargs):
+        _count("launches")
         return _wrap_result(self._f.outer(_scalar_arg(a), _scalar_arg(b), **self._kwargs(kwargs)), kwargs)
 
     def at(self, a, indices, b=None):
+        _count("launches")
         self._f.at(_scalar_arg(a), _unwrap_index(indices), *(() if b is None else (_scalar_arg(b),)))
 
 
@@ -308,6 +342,8 @@ def _function(name):
 
     @functools.wraps(np_function)
     def function(*args, **kwargs):
+        if name not in _FREE:
+            _count("launches")
         return _wrap_result(np_function(*_unwrap(args, name), **_unwrap(kwargs, name)), kwargs)
     return function
 
@@ -315,6 +351,7 @@ def _function(name):
 # -- creation: the only functions that take NumPy arrays and lists, and copy them to the device
 def array(obj, dtype=None, copy=True, order="K", ndmin=0):
     on_device = isinstance(obj, ndarray)
+    _count("launches" if on_device else "host_to_device")
     data = obj._a if on_device else _unwrap_sequence(obj)
     return _wrap(np.array(data, dtype=dtype, copy=True if copy or not on_device else None, order=order, ndmin=ndmin))
 
@@ -327,7 +364,11 @@ def _unwrap_sequence(obj):
 
 def asarray(a, dtype=None, order=None, *, blocking=False):
     if isinstance(a, ndarray):
-        return _wrap(np.asarray(a._a, dtype=dtype, order=order))
+        out = np.asarray(a._a, dtype=dtype, order=order)
+        if out is not a._a:
+            _count("launches")
+        return _wrap(out)
+    _count("host_to_device")
     return _wrap(np.array(_unwrap_sequence(a), dtype=dtype, order=order or "K"))  # a host array: always copied
 
 
@@ -335,7 +376,10 @@ asanyarray = asarray
 
 
 def ascontiguousarray(a, dtype=None):
-    return _wrap(np.ascontiguousarray(_unwrap(a, "ascontiguousarray"), dtype=dtype))
+    out = np.ascontiguousarray(_unwrap(a, "ascontiguousarray"), dtype=dtype)
+    if not isinstance(a, ndarray) or out is not a._a:
+        _count("launches")
+    return _wrap(out)
 
 
 def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
@@ -355,6 +399,7 @@ def _creation(name):
 
     @functools.wraps(np_function)
     def function(*args, **kwargs):
+        _count("launches")
         return _wrap(np_function(*_unwrap(args, name), **_unwrap(kwargs, name)))
     return function
 
@@ -367,6 +412,7 @@ def scatter_add(a, slices, value):
     """cupyx.scatter_add: a[slices] += value with repeated indices summed (NumPy's add.at)."""
     if not isinstance(a, ndarray):
         raise _unsupported(a, "scatter_add")
+    _count("launches")
     np.add.at(a._a, _unwrap_index(slices), _scalar_arg(value, "scatter_add"))
 
 
@@ -382,6 +428,7 @@ class Device:
 
     @property
     def attributes(self):
+        _count("device_queries")
         return {"MultiProcessorCount": emulator.workers(), "MaxThreadsPerBlock": emulator.MAX_THREADS_PER_BLOCK,
                 "MaxSharedMemoryPerBlock": emulator.SHARED_MAX, "WarpSize": 32, "MaxBlockDimX": 1024,
                 "MaxBlockDimY": 1024, "MaxBlockDimZ": 64, "MaxGridDimX": 2**31 - 1, "MaxGridDimY": 65535,
@@ -393,7 +440,7 @@ class Device:
         pass
 
     def synchronize(self):
-        pass
+        _count("synchronizations")
 
     def __enter__(self):
         return self
@@ -446,6 +493,7 @@ class RawKernel:
     def __call__(self, grid, block, args, *, shared_mem=0):
         if not isinstance(args, tuple):
             raise TypeError(f"args must be a tuple, got {type(args).__name__}")
+        _count("launches")
         self.kernel(grid, block, [_kernel_argument(a, i, self.name) for i, a in enumerate(args)], shared_mem)
 
 
@@ -505,6 +553,7 @@ def _make_modules():
     cupy.ufunc = _Ufunc
     cupy.matmul = _function("matmul")
     cupy.is_available = lambda: True
+    cupy.counts = counts
 
     linalg = types.ModuleType("cupy.linalg")
     for name in ("norm", "inv", "det", "solve", "qr", "svd", "eigh", "cholesky", "matrix_power", "pinv"):
@@ -519,7 +568,7 @@ def _make_modules():
     cuda.get_device_id = lambda: 0
     runtime = types.ModuleType("cupy.cuda.runtime")
     runtime.getDeviceCount = lambda: 1
-    runtime.deviceSynchronize = lambda: None
+    runtime.deviceSynchronize = lambda: _count("synchronizations")
     runtime.CUDARuntimeError = CUDARuntimeError
     driver = types.ModuleType("cupy.cuda.driver")
     driver.CUDADriverError = CUDADriverError
