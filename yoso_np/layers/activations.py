@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from .. import cpu_kernels
-from ..backend import array_module, cpu_threads, is_cupy_array, parallel_map
+from ..backend import array_module, is_cupy_array
 
 SQRT_HALF = math.sqrt(0.5)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -457,15 +457,13 @@ ACTIVATIONS = {
 # operation.
 _BLOCK_ELEMENTS = 1 << 14
 # Activations written in place (fn(x, out, scratch)) allocate nothing, so their blocks can be 4x bigger: 256 KiB
-# arrays, still L2-resident, and few enough ufunc calls that threads on all cores gain (each call holds the GIL
-# ~1 us; 16K blocks on 2 threads were slower than one). gelu of (4096, 3072): 93 ms allocating, 53 ms in place,
-# 36 ms on 2 threads.
+# arrays, still L2-resident (gelu of (4096, 3072): 93 ms allocating, 53 ms in place). They run on the caller's thread:
+# in the model each follows a product on OpenBLAS's threads, whose workers then spin on the other core for ~0.1 s, so
+# yoso_np's threads gained nothing there and their hand-offs cost (without these hand-offs, LayerNorm's and the
+# attention's, a forward of 32 x 128 tokens took 0.96x the time in interleaved runs; on a busy machine a hand-off
+# waits for a core: 2.8x ORT's time at 1 x 128 with it, 1.2x without).
 _INPLACE_BLOCK_ELEMENTS = 1 << 16
 _INPLACE_FLOAT32 = {"gelu": _gelu_float32_into}
-# below this many elements an activation stays on the caller's thread (as LayerNorm's): on a busy machine a hand-off
-# to the pool waits for a core longer than the ~2 ms of work it would halve (a forward of 1 x 128 tokens on one BLAS
-# thread, with other processes running: 2.8x ONNX Runtime's time with the GELU's hand-off, 1.2x without)
-_PARALLEL_MIN_ELEMENTS = 1 << 19
 
 
 def _float32_into(name):
@@ -490,41 +488,22 @@ def _elementwise(fn, *arrays):
 
 
 def _elementwise_inplace(fn_into, x):
-    """fn_into(x, out, scratch) over a NumPy array in L2-sized blocks, the blocks shared out to all cores."""
+    """fn_into(x, out, scratch) over a NumPy array in L2-sized blocks."""
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty_like(flat)
     block = _INPLACE_BLOCK_ELEMENTS
-    starts = range(0, flat.size, block)
-    workers = max(1, min(cpu_threads(), len(starts))) if flat.size >= _PARALLEL_MIN_ELEMENTS else 1
-
-    def run(worker):
-        scratch = np.empty(min(block, flat.size), dtype=flat.dtype)
-        for start in starts[worker::workers]:
-            stop = min(start + block, flat.size)
-            fn_into(flat[start:stop], out[start:stop], scratch[:stop - start])
-
-    if workers == 1:
-        run(0)
-    else:
-        parallel_map(run, range(workers), np, calls_blas=False)
+    scratch = np.empty(min(block, flat.size), dtype=flat.dtype)
+    for start in range(0, flat.size, block):
+        stop = min(start + block, flat.size)
+        fn_into(flat[start:stop], out[start:stop], scratch[:stop - start])
     return out.reshape(x.shape)
 
 
 def _compiled_gelu_grad(kernel, x, dy):
-    """dy * gelu'(x) by the compiled loop, in parts on all cores when large."""
+    """dy * gelu'(x) by the compiled loop."""
     xs, dys = np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(dy).reshape(-1)
     out = np.empty_like(xs)
-    parts = cpu_threads() if xs.size >= _PARALLEL_MIN_ELEMENTS else 1
-    inv_sqrt_2pi = np.float32(INV_SQRT_2PI)
-
-    def run(i):
-        r = slice(xs.size * i // parts, xs.size * (i + 1) // parts)
-        kernel(xs[r], dys[r], out[r], _GELU_TAIL_POLY_F32, inv_sqrt_2pi)
-
-    if parts == 1:
-        run(0)
-    else:
-        parallel_map(run, range(parts), np, calls_blas=False)
+    kernel(xs, dys, out, _GELU_TAIL_POLY_F32, np.float32(INV_SQRT_2PI))
     return out.reshape(x.shape)
 
 

@@ -5,10 +5,7 @@ only its output (the compiled loop reads each row once), and the backward recomp
 import numpy as np
 
 from .. import cpu_kernels
-from ..backend import array_module, cpu_threads, parallel_map
-
-# rows * hidden at which the compiled LayerNorm shares its rows out to all cores (n = 1024 at hidden 768)
-PARALLEL_MIN_ELEMENTS = 1 << 19
+from ..backend import array_module
 
 
 def layer_norm(p, x, eps):
@@ -30,23 +27,14 @@ def layer_norm(p, x, eps):
 
 
 def _compiled_layer_norm(kernel, p, x, eps):
-    """The NumPy path's results from one read of each row (the cpu_kernels.layer_norm kernel), rows on all cores when
-    there are many; only the order of the mean's and variance's sums differs. At (4096, 768): 2.8 ms against
-    14-15 ms."""
+    """The NumPy path's results from one read of each row (the cpu_kernels.layer_norm kernel); only the order of the
+    mean's and variance's sums differs. At (4096, 768): 2.8 ms against 14-15 ms. On the caller's thread, like the
+    activations (layers/activations.py says why)."""
     rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
     y = np.empty_like(rows)
     mean, rstd = np.empty((2, rows.shape[0], 1), dtype=np.float32)
     weight, bias, eps = np.ascontiguousarray(p["weight"]), np.ascontiguousarray(p["bias"]), np.float32(eps)
-    if rows.size < PARALLEL_MIN_ELEMENTS:  # on the caller's thread, with no pool to schedule
-        kernel(rows, weight, bias, eps, y, mean, rstd)
-    else:
-        parts = min(cpu_threads(), rows.shape[0])
-
-        def run(i):
-            r = slice(rows.shape[0] * i // parts, rows.shape[0] * (i + 1) // parts)
-            kernel(rows[r], weight, bias, eps, y[r], mean[r], rstd[r])
-
-        parallel_map(run, range(parts), np, calls_blas=False)
+    kernel(rows, weight, bias, eps, y, mean, rstd)
     stats_shape = x.shape[:-1] + (1,)
     return y.reshape(x.shape), (p, x, mean.reshape(stats_shape), rstd.reshape(stats_shape))
 
