@@ -416,6 +416,29 @@ def scatter_add(a, slices, value):
     np.add.at(a._a, _unwrap_index(slices), _scalar_arg(value, "scatter_add"))
 
 
+# -- cupy.random: draws made "on the device" (NumPy's generator here; a real device's cuRAND draws other numbers)
+class RandomState:
+    """cupy.random.RandomState(seed): random_sample/standard_normal/randint, one launch per draw."""
+
+    def __init__(self, seed=None, method=None):
+        self._rng = np.random.default_rng(seed)
+
+    def seed(self, seed=None):
+        self._rng = np.random.default_rng(seed)
+
+    def random_sample(self, size=None, dtype=float):
+        _count("launches")
+        return _wrap(self._rng.random(size, dtype=dtype))
+
+    def standard_normal(self, size=None, dtype=float):
+        _count("launches")
+        return _wrap(self._rng.standard_normal(size, dtype=dtype))
+
+    def randint(self, low, high=None, size=None, dtype=int):
+        _count("launches")
+        return _wrap(self._rng.integers(low, high, size, dtype=dtype))
+
+
 # -- cupy.cuda
 class Device:
     """cupy.cuda.Device: the one emulated device; MultiProcessorCount is the number of blocks run at once."""
@@ -562,6 +585,10 @@ def _make_modules():
             lambda *a, _f=np_function, **k: _wrap_result(_f(*_unwrap(a), **_unwrap(k)), k)))
     cupy.linalg = linalg
 
+    random = types.ModuleType("cupy.random")
+    random.RandomState = RandomState
+    cupy.random = random
+
     cuda = types.ModuleType("cupy.cuda")
     cuda.Device = Device
     cuda.is_available = lambda: True
@@ -577,7 +604,7 @@ def _make_modules():
 
     cupyx = types.ModuleType("cupyx", "NumPy-backed stand-in for cupyx (yoso_np.testing.fake_cupy)")
     cupyx.scatter_add = scatter_add
-    return {"cupy": cupy, "cupy.linalg": linalg, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime,
+    return {"cupy": cupy, "cupy.linalg": linalg, "cupy.random": random, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime,
             "cupy.cuda.driver": driver, "cupyx": cupyx}
 
 
