@@ -23,11 +23,12 @@ def test_compile_all_returns_a_binary_for_every_source(arch):
     except raw_kernels.NvrtcNotFoundError as exc:
         pytest.skip(f"libnvrtc cannot be found at all: {exc}")
     binaries = raw_kernels.compile_all(arch)
-    assert set(binaries) == set(raw_kernels.SOURCES) == {"fast_hash", "cumulation"}
+    assert set(binaries) == set(raw_kernels.SOURCES) == {"fast_hash", "cumulation", "expectation"}
     for name, binary in binaries.items():
         assert isinstance(binary, bytes) and binary[:4] == b"\x7fELF", name  # a CUBIN is an ELF file
     ptx = raw_kernels.compile_all(arch.replace("sm_", "compute_"))
     assert b".entry lsh_weighted_cumulation_global" in ptx["cumulation"]
+    assert b".entry collision_probability_f64" in ptx["expectation"]  # the double variant, not only the float one
     with pytest.raises(ValueError, match="arch must look like"):
         raw_kernels.compile_all("ampere")
 

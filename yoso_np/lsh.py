@@ -60,26 +60,26 @@ def _check_shape(name, a, expected):
         raise ValueError(f"{name} must have shape {tuple(expected)}, got {tuple(a.shape)}")
 
 
-def _check_mask(name, mask, batch, n):
-    """Validate a [batch, n] 0/1 mask and return it as booleans."""
+def _check_mask(name, mask, batch, n, check_values=True):
+    """Validate a [batch, n] 0/1 mask and return it as booleans (check_values=False: dtype and shape only)."""
     if mask.dtype != bool and mask.dtype.kind not in "iu":
         raise TypeError(f"{name} must be bool or integer (0/1), got dtype {mask.dtype}")
     _check_shape(name, mask, (batch, n))
     if mask.dtype == bool:
         return mask
-    if mask.size and not bool(((mask == 0) | (mask == 1)).all()):
+    if check_values and mask.size and not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError(f"{name} must hold only 0 and 1, got values in [{int(mask.min())}, {int(mask.max())}]")
     return mask != 0
 
 
-def _check_codes(name, codes, batch, n, capacity):
+def _check_codes(name, codes, batch, n, capacity, check_values=True):
     if codes.dtype != np.int32:
         raise TypeError(f"{name} must be int32, got dtype {codes.dtype}")
     if codes.ndim != 3 or tuple(codes.shape[:2]) != (batch, n):
         raise ValueError(f"{name} must have shape ({batch}, {n}, num_hash), got {tuple(codes.shape)}")
     if codes.shape[2] < 1:
         raise ValueError(f"{name} must hold at least one hash (num_hash >= 1), got shape {tuple(codes.shape)}")
-    if codes.size:
+    if check_values and codes.size:  # reading the range back is a device sync on CuPy
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high >= capacity:
             raise ValueError(f"{name} must lie in [0, {capacity}) (hashtable_capacity), got values in [{low}, {high}]")
@@ -111,7 +111,9 @@ def _check_fast_hash_dim(dim, hash_code_len):
 
 # ---------------------------------------------------------------------------------------------- hashing
 def draw_hash_matrices(rng, batch, dim, num_hash, hash_code_len, use_fast_hash, xp=np):
-    """Random hash matrices drawn on the host from ``rng`` (so a seed gives the same draw on CPU and GPU).
+    """Random hash matrices drawn where they are used (xp), by a generator seeded from ``rng``: NumPy's on the CPU,
+    CuPy's on a GPU (no host-to-device copy per layer). A seed reproduces a draw on one backend; CPU and GPU draw
+    different numbers.
 
     use_fast_hash: Dmat [batch, 3, num_part, dim] of random signs (float32 +-1; dim must be a power of two).
     otherwise:     R [batch, dim, num_hash * hash_code_len] standard normal (float32).
@@ -121,13 +123,16 @@ def draw_hash_matrices(rng, batch, dim, num_hash, hash_code_len, use_fast_hash, 
     batch = _check_int("batch", batch, 1)
     dim = _check_int("dim", dim, 1)
     num_hash, hash_code_len = _check_hash_params(num_hash, hash_code_len)
+    seed = int(rng.integers(2**63))
+    on_cpu = xp is np
+    generator = np.random.default_rng(seed) if on_cpu else xp.random.RandomState(seed)
     if use_fast_hash:
         _check_fast_hash_dim(dim, hash_code_len)
         shape = (batch, 3, num_fast_hash_parts(num_hash, hash_code_len, dim), dim)
-        matrices = (2 * rng.integers(0, 2, size=shape, dtype=np.int8) - 1).astype(np.float32)
-    else:
-        matrices = rng.standard_normal((batch, dim, num_hash * hash_code_len), dtype=np.float32)
-    return xp.asarray(matrices)
+        uniform = generator.random(shape, dtype=np.float32) if on_cpu else \
+            generator.random_sample(shape, dtype=np.float32)
+        return xp.where(uniform < 0.5, np.float32(-1), np.float32(1))
+    return generator.standard_normal((batch, dim, num_hash * hash_code_len), dtype=np.float32)
 
 
 def _sylvester_hadamard(dim):
@@ -188,6 +193,12 @@ def _sign_codes(x, projections, keep, num_hash, hash_code_len, rows_per_chunk=25
     than 1024-token chunks with both cores busy. The bits are summed exactly by a float matmul.
     """
     xp = _backend(x=x)
+    if xp is not np:  # one batched product for all rows and tokens: a few launches, no host data
+        bits = xp.matmul(x, projections) > 0
+        shifts = xp.arange(hash_code_len, dtype=xp.int32)
+        bits = bits.reshape(x.shape[:2] + (num_hash, hash_code_len)).astype(xp.int32)
+        codes = (bits << shifts).sum(-1, dtype=xp.int32)
+        return xp.where(keep[:, :, None], codes, 0).astype(xp.int32, copy=False)
     n = x.shape[1]
     powers = xp.asarray(2.0 ** np.arange(hash_code_len), dtype=x.dtype)
     codes = xp.empty((x.shape[0], n, num_hash), dtype=xp.int32)
@@ -202,22 +213,24 @@ def _sign_codes(x, projections, keep, num_hash, hash_code_len, rows_per_chunk=25
     return codes
 
 
-def _check_dmat(dmat, batch, dim, num_hash, hash_code_len):
+def _check_dmat(dmat, batch, dim, num_hash, hash_code_len, check_values=True):
     _check_float("dmat", dmat, 4)
     _check_shape("dmat", dmat, (batch, 3, num_fast_hash_parts(num_hash, hash_code_len, dim), dim))
-    if dmat.size and not bool((_backend(dmat=dmat).abs(dmat) == 1).all()):
+    if check_values and dmat.size and not bool((_backend(dmat=dmat).abs(dmat) == 1).all()):
         raise ValueError("dmat must hold only +1 and -1 (random signs)")
 
 
-def fast_hash(mask, x, dmat, num_hash, hash_code_len):
-    """Hash codes from randomised Hadamard transforms (see module docstring); x's last dim a power of two."""
+def fast_hash(mask, x, dmat, num_hash, hash_code_len, *, check_values=True):
+    """Hash codes from randomised Hadamard transforms (see module docstring); x's last dim a power of two.
+    check_values=False skips the checks that read array values back (mask 0/1, dmat +-1; a device sync each on
+    CuPy) for inputs the caller made itself; dtypes and shapes are always checked."""
     xp = _backend(mask=mask, x=x, dmat=dmat)
     _check_float("x", x, 3)
     batch, n, dim = x.shape
     num_hash, hash_code_len = _check_hash_params(num_hash, hash_code_len)
     _check_fast_hash_dim(dim, hash_code_len)
-    _check_dmat(dmat, batch, dim, num_hash, hash_code_len)
-    keep = _check_mask("mask", mask, batch, n)
+    _check_dmat(dmat, batch, dim, num_hash, hash_code_len, check_values)
+    keep = _check_mask("mask", mask, batch, n, check_values)
     if xp is not np:
         from .raw_kernels import fast_hash as kernels
         return kernels.fast_hash(keep.astype(xp.int32), xp.ascontiguousarray(x, dtype=xp.float32),
@@ -247,15 +260,16 @@ def _hash_major(codes):
     return np.ascontiguousarray(codes.transpose(0, 2, 1))
 
 
-def gaussian_hash(mask, x, rmat, num_hash, hash_code_len):
-    """Hash codes from the signs of x @ rmat (hash f uses columns f * L .. f * L + L - 1, column f * L + i is bit i)."""
+def gaussian_hash(mask, x, rmat, num_hash, hash_code_len, *, check_values=True):
+    """Hash codes from the signs of x @ rmat (hash f uses columns f * L .. f * L + L - 1, column f * L + i is bit i).
+    check_values as fast_hash."""
     _backend(mask=mask, x=x, rmat=rmat)
     _check_float("x", x, 3)
     batch, n, dim = x.shape
     num_hash, hash_code_len = _check_hash_params(num_hash, hash_code_len)
     _check_float("rmat", rmat, 3)
     _check_shape("rmat", rmat, (batch, dim, num_hash * hash_code_len))
-    keep = _check_mask("mask", mask, batch, n)
+    keep = _check_mask("mask", mask, batch, n, check_values)
     return _sign_codes(x, rmat, keep, num_hash, hash_code_len)
 
 
@@ -286,7 +300,7 @@ def hash_codes(query_mask, query, key_mask, key, *, num_hash, hash_code_len, use
                      use_fast_hash=use_fast_hash)
 
 
-def hash_with(query_mask, query, key_mask, key, matrices, *, num_hash, hash_code_len, use_fast_hash):
+def hash_with(query_mask, query, key_mask, key, matrices, *, num_hash, hash_code_len, use_fast_hash, check_values=True):
     """(query_codes, key_codes) under given hash matrices (draw_hash_matrices for hash_dim(d, ...)), one per batch
     row, shared by queries and keys. On NumPy the fast-hash projection is composed once for both, and its rows for
     the zero padding are dropped instead of padding x."""
@@ -294,15 +308,15 @@ def hash_with(query_mask, query, key_mask, key, matrices, *, num_hash, hash_code
     num_hash, hash_code_len = _check_hash_params(num_hash, hash_code_len)
     batch, _, dim = query.shape
     if not use_fast_hash:
-        return (gaussian_hash(query_mask, query, matrices, num_hash, hash_code_len),
-                gaussian_hash(key_mask, key, matrices, num_hash, hash_code_len))
+        return (gaussian_hash(query_mask, query, matrices, num_hash, hash_code_len, check_values=check_values),
+                gaussian_hash(key_mask, key, matrices, num_hash, hash_code_len, check_values=check_values))
     padded = hash_dim(dim, hash_code_len, True)
     if xp is not np:
         if padded != dim:
             pad = ((0, 0), (0, 0), (0, padded - dim))
             query, key = xp.pad(query, pad), xp.pad(key, pad)
-        return (fast_hash(query_mask, query, matrices, num_hash, hash_code_len),
-                fast_hash(key_mask, key, matrices, num_hash, hash_code_len))
+        return (fast_hash(query_mask, query, matrices, num_hash, hash_code_len, check_values=check_values),
+                fast_hash(key_mask, key, matrices, num_hash, hash_code_len, check_values=check_values))
     _check_dmat(matrices, batch, padded, num_hash, hash_code_len)
     query_keep = _check_mask("query_mask", query_mask, batch, query.shape[1])
     key_keep = _check_mask("key_mask", key_mask, batch, key.shape[1])
@@ -316,7 +330,8 @@ def hash_with(query_mask, query, key_mask, key, matrices, *, num_hash, hash_code
 
 
 # ---------------------------------------------------------------------------------------------- cumulation
-def _check_cumulation_inputs(query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity):
+def _check_cumulation_inputs(query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity,
+                             check_values=True):
     xp = _backend(query_mask=query_mask, query_hash_code=query_hash_code, key_mask=key_mask,
                   key_hash_code=key_hash_code, value=value)
     capacity = _check_capacity(hashtable_capacity)
@@ -325,10 +340,10 @@ def _check_cumulation_inputs(query_mask, query_hash_code, key_mask, key_hash_cod
     if query_mask.ndim != 2:
         raise ValueError(f"query_mask must have shape (batch, n_q), got {tuple(query_mask.shape)}")
     n_q = query_mask.shape[1]
-    query_keep = _check_mask("query_mask", query_mask, batch, n_q)
-    key_keep = _check_mask("key_mask", key_mask, batch, n_k)
-    _check_codes("query_hash_code", query_hash_code, batch, n_q, capacity)
-    _check_codes("key_hash_code", key_hash_code, batch, n_k, capacity)
+    query_keep = _check_mask("query_mask", query_mask, batch, n_q, check_values)
+    key_keep = _check_mask("key_mask", key_mask, batch, n_k, check_values)
+    _check_codes("query_hash_code", query_hash_code, batch, n_q, capacity, check_values)
+    _check_codes("key_hash_code", key_hash_code, batch, n_k, capacity, check_values)
     if query_hash_code.shape[2] != key_hash_code.shape[2]:
         raise ValueError(f"query_hash_code and key_hash_code must hold the same number of hashes, got "
                          f"{query_hash_code.shape[2]} and {key_hash_code.shape[2]}")
@@ -439,18 +454,20 @@ class _KeyBuckets:
         return per_entry.reshape(batch, n_q, num_hash, d_v).sum(axis=2)
 
 
-def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity):
+def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity, *,
+                   check_values=True):
     """out[b, q] = query_mask[b, q] / m * sum_f sum_k key_mask[b, k] [code_qf == code_kf] value[b, k].
 
-    m = num_hash; out has value's dtype and shape [batch, n_q, d_v].
+    m = num_hash; out has value's dtype and shape [batch, n_q, d_v]. check_values=False skips reading the masks'
+    values and the codes' range back (device syncs on CuPy) for codes that fast_hash/gaussian_hash made.
     """
     xp, capacity, query_keep, key_keep = _check_cumulation_inputs(
-        query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity)
+        query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity, check_values)
     if xp is not np:
         from .raw_kernels import cumulation as kernels
         out = kernels.lsh_cumulation(query_keep.astype(xp.int32), xp.ascontiguousarray(query_hash_code),
                                      key_keep.astype(xp.int32), xp.ascontiguousarray(key_hash_code),
-                                     xp.ascontiguousarray(value, dtype=xp.float32), capacity)
+                                     xp.ascontiguousarray(value, dtype=xp.float32), capacity, check_codes=False)
         return out.astype(value.dtype, copy=False)
     batch, n_q, num_hash = query_hash_code.shape
     n_k, d_v = value.shape[1:]
@@ -523,11 +540,11 @@ def _scipy_sparse():
 
 
 def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask, key_hash_code, key_weight, value,
-                            hashtable_capacity):
+                            hashtable_capacity, *, check_values=True):
     """out[b, q] = query_mask[b, q] / m * sum_f sum_k key_mask[b, k] [code_qf == code_kf]
-                   (query_weight[b, q] . key_weight[b, k]) value[b, k]."""
+                   (query_weight[b, q] . key_weight[b, k]) value[b, k]. check_values as lsh_cumulation."""
     xp, capacity, query_keep, key_keep = _check_cumulation_inputs(
-        query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity)
+        query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity, check_values)
     _backend(query_weight=query_weight, key_weight=key_weight, value=value)
     batch, n_q, num_hash = query_hash_code.shape
     n_k, d_v = value.shape[1:]
@@ -541,7 +558,8 @@ def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask,
         f32 = lambda a: xp.ascontiguousarray(a, dtype=xp.float32)  # noqa: E731
         out = kernels.lsh_weighted_cumulation(
             query_keep.astype(xp.int32), xp.ascontiguousarray(query_hash_code), f32(query_weight),
-            key_keep.astype(xp.int32), xp.ascontiguousarray(key_hash_code), f32(key_weight), f32(value), capacity)
+            key_keep.astype(xp.int32), xp.ascontiguousarray(key_hash_code), f32(key_weight), f32(value), capacity,
+            check_codes=False)  # checked above (or made by a hash)
         return out.astype(value.dtype, copy=False)
     dtype = value.dtype
     query_weight = query_weight.astype(dtype, copy=False)

@@ -31,6 +31,9 @@ _NEG_ACOS_POLY_OVER_PI_F32 = np.array(_NEG_ACOS_POLY_OVER_PI, dtype=np.float32)
 # 119 ms unsliced
 BLOCK_ELEMENTS = 1 << 19
 SLICE_ELEMENTS = 1 << 17
+# on a GPU the blocks are sized by memory, not cache: W for all (batch, head) pairs at once up to this many bytes,
+# so a layer is a few launches (a batched matmul, the fused weights kernel, a batched matmul) at any head count
+GPU_BLOCK_BYTES = 1 << 30
 
 
 def power_inplace(x, tau, scratch):
@@ -88,6 +91,16 @@ def collision_probability(s, tau, scratch):
     return power_inplace(s, tau, a)
 
 
+def expectation_blocking(xp, dtype):
+    """(elements of W per block, fused in-place weights routine or None) for a backend. The CPU blocks by cache size
+    and computes the weights with a compiled loop or NumPy passes; CuPy blocks by GPU_BLOCK_BYTES and computes
+    them with one fused kernel (raw_kernels.expectation, the twin of collision_probability)."""
+    if xp is np:
+        return BLOCK_ELEMENTS, None
+    from ..raw_kernels import expectation
+    return GPU_BLOCK_BYTES // np.dtype(dtype).itemsize, expectation.collision_probability
+
+
 def _compiled_weights(xp, dtype, tau):
     """The compiled loop for collision_probability (float32 NumPy, numba installed), or None."""
     if xp is not np or dtype != np.float32 or not 1 <= tau < 32:
@@ -102,12 +115,13 @@ def expectation_blocks(q, k, tau):
     products, not many small ones), else row blocks of one head at a time (then heads must be 1). The weights
     are computed by one compiled loop (cpu_kernels, bit-identical) or in L2-sized slices of NumPy passes."""
     xp = array_module(q)
-    compiled = _compiled_weights(xp, q.dtype, tau)
+    block, fused = expectation_blocking(xp, q.dtype)
+    compiled = fused or _compiled_weights(xp, q.dtype, tau)
     heads, nq, nk = q.shape[0], q.shape[1], k.shape[1]
-    rows = max(1, min(nq, BLOCK_ELEMENTS // max(heads * nk, 1)))
+    rows = max(1, min(nq, block // max(heads * nk, 1)))
     if rows < nq and heads > 1:
         raise ValueError(f"expectation_blocks: {heads} heads of {nq} x {nk} do not fit one block of "
-                         f"{BLOCK_ELEMENTS} elements; pass one head at a time")
+                         f"{block} elements; pass one head at a time")
     slice_rows = max(1, min(heads * rows, SLICE_ELEMENTS // max(nk, 1)))
     s_buf = xp.empty(heads * rows * nk, dtype=q.dtype)
     scratch = None if compiled is not None else xp.empty((2, slice_rows, nk), dtype=q.dtype)
@@ -116,7 +130,9 @@ def expectation_blocks(q, k, tau):
         stop = min(start + rows, nq)
         s = s_buf[:heads * (stop - start) * nk].reshape(heads, stop - start, nk)
         xp.matmul(q[:, start:stop], kt, out=s)
-        if compiled is not None:
+        if fused is not None:
+            fused(s, tau)
+        elif compiled is not None:
             compiled(s, tau, _NEG_ACOS_POLY_OVER_PI_F32)
         else:
             flat = s.reshape(-1, nk)
@@ -131,15 +147,16 @@ def as_stack(*arrays):
     return tuple(a.reshape((-1,) + a.shape[-2:]) for a in arrays)
 
 
-def expectation_cumulation(q, k, v, tau):
+def expectation_cumulation(q, k, v, tau, out=None):
     """W v for one head, (n, d) arrays, or a stack of whole heads, (heads, n, d), that fit one block;
-    q, k unit rows, v with masked keys zeroed."""
+    q, k unit rows, v with masked keys zeroed. out: a C-contiguous array of the result's shape to write, or None."""
     xp = array_module(q)
     q3, k3, v3 = as_stack(q, k, v)
-    out = xp.empty(q3.shape[:2] + v3.shape[2:], dtype=v.dtype)
+    shape = q3.shape[:2] + v3.shape[2:]
+    out3 = xp.empty(shape, dtype=v.dtype) if out is None else out.reshape(shape)
     for start, stop, w in expectation_blocks(q3, k3, tau):
-        xp.matmul(w, v3, out=out[:, start:stop])
-    return out.reshape(q.shape[:-1] + v.shape[-1:])
+        xp.matmul(w, v3, out=out3[:, start:stop])
+    return out3.reshape(q.shape[:-1] + v.shape[-1:])
 
 
 def l2_normalize(x, eps=1e-12):
@@ -172,7 +189,7 @@ def for_each_head_stack(fn, rows, n, xp):
     """fn(slice of the batch * heads rows) over stacks of whole heads that fit one BLOCK_ELEMENTS block (one head
     at a time from n = 725), on CPU threads when all the heads' weights together are large (32 x 128 tokens:
     0.6x the time of one thread with a multi-threaded BLAS; n = 4096: 12 heads in 0.74 s instead of 1.2)."""
-    per = max(1, BLOCK_ELEMENTS // max(n * n, 1))
+    per = max(1, expectation_blocking(xp, np.float32)[0] // max(n * n, 1))
     stacks = [slice(i, min(i + per, rows)) for i in range(0, rows, per)]
     if rows * n * n >= PARALLEL_MIN_ELEMENTS:
         parallel_map(fn, stacks, xp)
@@ -224,15 +241,15 @@ def sampling_cumulation(q, k, v, mask, config, rng):
     b, h, n, d = q.shape
     rows = lambda t: t.reshape(b * h, n, t.shape[-1])  # views: attention() gives q, k, v a head per block
     q, k, v = rows(q), rows(k), rows(v)
-    mask_rows = xp.ascontiguousarray(xp.repeat(mask.astype(np.int32), h, axis=0))  # (batch*heads, n)
+    mask_rows = xp.repeat(mask != 0, h, axis=0)  # (batch*heads, n) bool: no 0/1 check (a device sync on CuPy)
     tau, m = config.hash_code_len, config.num_hash
     matrices = lsh.draw_hash_matrices(rng, b * h, lsh.hash_dim(d, tau, config.use_fast_hash), m, tau,
                                       config.use_fast_hash, xp)
 
     def hash_and_cumulate(r):
         q_codes, k_codes = lsh.hash_with(mask_rows[r], q[r], mask_rows[r], k[r], matrices[r], num_hash=m,
-                                         hash_code_len=tau, use_fast_hash=config.use_fast_hash)
-        out = lsh.lsh_cumulation(mask_rows[r], q_codes, mask_rows[r], k_codes, v[r], 2 ** tau)
+                                         hash_code_len=tau, use_fast_hash=config.use_fast_hash, check_values=False)
+        out = lsh.lsh_cumulation(mask_rows[r], q_codes, mask_rows[r], k_codes, v[r], 2 ** tau, check_values=False)
         # the codes joined hash-major, the memory order of the CPU loops' codes (joining them as [rows, n, m]
         # would transpose them twice)
         return out, q_codes.transpose(0, 2, 1), k_codes.transpose(0, 2, 1)
@@ -261,7 +278,7 @@ def attention(p, x, mask, config, *, training=False, rng=None):
         ctx3 = ctx.reshape(b * h, n, -1)
 
         def stack(r):
-            ctx3[r] = expectation_cumulation(q3[r], k3[r], v3[r], config.hash_code_len)
+            expectation_cumulation(q3[r], k3[r], v3[r], config.hash_code_len, out=ctx3[r])
 
         for_each_head_stack(stack, b * h, n, xp)
     else:
@@ -280,7 +297,7 @@ def attention(p, x, mask, config, *, training=False, rng=None):
 # ---------------------------------------------------------------------------------------------------------------
 # backward
 
-def expectation_cumulation_backward(g, q, k, v, tau):
+def expectation_cumulation_backward(g, q, k, v, tau, out=None):
     """Gradients of W v for one head, (n, d) arrays, or a stack of whole heads (heads, n, d), as the paper
     (sec. 3.3) and transformers' YosoCumulation define them:
 
@@ -289,23 +306,28 @@ def expectation_cumulation_backward(g, q, k, v, tau):
     This is a SURROGATE, not the derivative of arccos: d/dx (1 - arccos(x)/pi)^tau has a factor 1/sqrt(1 - x^2)
     that blows up as q.k -> +-1; the paper replaces it by tau/2 (its value's scale where the weights matter).
     W is recomputed block by block instead of cached: the backward holds one block of the n x n matrix at a
-    time, like the forward. g: (n, dv) upstream gradient of the (query-masked) context; q, k unit rows."""
+    time, like the forward. g: (n, dv) upstream gradient of the (query-masked) context; q, k unit rows.
+    out: None or C-contiguous (dq, dk, dv) of the inputs' shapes to write."""
     xp = array_module(q)
     g3, q3, k3, v3 = as_stack(g, q, k, v)
-    dq = xp.empty_like(q3)
-    dk = xp.zeros_like(k3)
-    dv = xp.zeros_like(v3)
+    dq, dk, dv = (xp.empty_like(q3), xp.empty_like(k3), xp.empty_like(v3)) if out is None else as_stack(*out)
     vt = v3.transpose(0, 2, 1)
     gv = None
     for start, stop, w in expectation_blocks(q3, k3, tau):
         gb = g3[:, start:stop]
-        dv += w.transpose(0, 2, 1) @ gb
+        if start == 0:  # the first block writes dv and dk, the others add to them
+            xp.matmul(w.transpose(0, 2, 1), gb, out=dv)
+        else:
+            dv += w.transpose(0, 2, 1) @ gb
         if gv is None or gv.shape != w.shape:
             gv = xp.empty_like(w)
         xp.matmul(gb, vt, out=gv)
         w *= gv  # (G V^T) * W
         xp.matmul(w, k3, out=dq[:, start:stop])
-        dk += w.transpose(0, 2, 1) @ q3[:, start:stop]
+        if start == 0:
+            xp.matmul(w.transpose(0, 2, 1), q3[:, start:stop], out=dk)
+        else:
+            dk += w.transpose(0, 2, 1) @ q3[:, start:stop]
     dq *= tau / 2.0
     dk *= tau / 2.0
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
@@ -321,12 +343,12 @@ def sampling_cumulation_backward(g, q, k, v, hashes, config):
     g, q, k, v = flat(g), flat(q), flat(k), flat(v)
     capacity, half_tau = 2 ** config.hash_code_len, config.hash_code_len / 2.0
     k_scaled, q_scaled = half_tau * k, half_tau * q
-    m = mask_rows
-    dv = by_rows(lambda r: lsh.lsh_cumulation(m[r], k_codes[r], m[r], q_codes[r], g[r], capacity), b * h, n, xp)
+    m, ok = mask_rows, {"check_values": False}  # the forward's own codes and masks
+    dv = by_rows(lambda r: lsh.lsh_cumulation(m[r], k_codes[r], m[r], q_codes[r], g[r], capacity, **ok), b * h, n, xp)
     dq = by_rows(lambda r: lsh.lsh_weighted_cumulation(m[r], q_codes[r], g[r], m[r], k_codes[r], v[r], k_scaled[r],
-                                                       capacity), b * h, n, xp)
+                                                       capacity, **ok), b * h, n, xp)
     dk = by_rows(lambda r: lsh.lsh_weighted_cumulation(m[r], k_codes[r], v[r], m[r], q_codes[r], g[r], q_scaled[r],
-                                                       capacity), b * h, n, xp)
+                                                       capacity, **ok), b * h, n, xp)
     unflat = lambda t: t.reshape(b, h, n, t.shape[-1])
     return unflat(dq), unflat(dk), unflat(dv)
 
@@ -378,7 +400,7 @@ def attention_backward(dout, cache, config):
         g3, q3, k3, v3, dq3, dk3, dv3 = as_stack(xp.ascontiguousarray(g), q, k, v, dq, dk, dv)
 
         def stack(r):
-            dq3[r], dk3[r], dv3[r] = expectation_cumulation_backward(g3[r], q3[r], k3[r], v3[r], tau)
+            expectation_cumulation_backward(g3[r], q3[r], k3[r], v3[r], tau, out=(dq3[r], dk3[r], dv3[r]))
 
         for_each_head_stack(stack, b * h, n, xp)
     del g

@@ -2,10 +2,11 @@
 
 compile_all() compiles every source with NVRTC (through ctypes), which needs neither a GPU nor CuPy.
 """
-from . import cumulation, fast_hash
+from . import cumulation, expectation, fast_hash
 from ._compile import NvrtcNotFoundError, load_nvrtc, nvrtc_compile
 
-SOURCES = {"fast_hash": fast_hash.SOURCE, "cumulation": cumulation.SOURCE}
+SOURCES = {"fast_hash": fast_hash.SOURCE, "cumulation": cumulation.SOURCE,
+           "expectation": expectation.SOURCE}
 
 
 def compile_all(arch="sm_80"):
@@ -13,4 +14,5 @@ def compile_all(arch="sm_80"):
     return {name: nvrtc_compile(source, name, arch) for name, source in SOURCES.items()}
 
 
-__all__ = ["SOURCES", "compile_all", "load_nvrtc", "nvrtc_compile", "NvrtcNotFoundError", "cumulation", "fast_hash"]
+__all__ = ["SOURCES", "compile_all", "load_nvrtc", "nvrtc_compile", "NvrtcNotFoundError", "cumulation", "expectation",
+           "fast_hash"]

@@ -102,10 +102,17 @@ def get_kernel(name, source, function):
     return _modules[key].get_function(function)
 
 
+_multiprocessors = {}  # (cupy module, device id) -> count: an attribute query is a driver call, once per device
+
+
 def multiprocessor_count():
     from ..backend import cupy_module
     cupy = cupy_module()
-    return cupy.cuda.Device().attributes["MultiProcessorCount"]
+    device = cupy.cuda.Device()
+    key = (id(cupy), device.id)
+    if key not in _multiprocessors:
+        _multiprocessors[key] = device.attributes["MultiProcessorCount"]
+    return _multiprocessors[key]
 
 
 INT32_MAX = 2**31 - 1

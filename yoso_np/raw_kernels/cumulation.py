@@ -122,7 +122,7 @@ def _tiles(capacity, d_w, d_v, table):
     return max(1, min(d_w, cells // vtile)), vtile, False
 
 
-def _launch(name, masks_codes, weights, value, capacity, table):
+def _launch(name, masks_codes, weights, value, capacity, table, check_codes):
     import cupy
 
     (qmask, qcode), (kmask, kcode) = masks_codes
@@ -142,7 +142,7 @@ def _launch(name, masks_codes, weights, value, capacity, table):
     if not (isinstance(capacity, (int, np.integer)) and 2 <= capacity <= 2**24 and capacity & (capacity - 1) == 0):
         raise ValueError(f"hashtable_capacity must be a power of two in [2, 2**24], got {capacity}")
     for arg, codes in (("query_hash_code", qcode), ("key_hash_code", kcode)):  # out-of-range codes write anywhere
-        if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= capacity):
+        if check_codes and codes.size and (int(codes.min()) < 0 or int(codes.max()) >= capacity):
             raise ValueError(f"{arg} must lie in [0, {capacity})")
     if num_hash < 1 or d_w < 1:
         raise ValueError(f"need num_hash >= 1 and a weight width >= 1, got {num_hash} and {d_w}")
@@ -169,17 +169,19 @@ def _launch(name, masks_codes, weights, value, capacity, table):
     return out
 
 
-def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity, table="auto"):
+def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity, table="auto",
+                   check_codes=True):
     """out [batch, n_q, d_v] float32 (see module docstring). Masks int32 (nonzero = keep), codes int32, value float32.
 
     table: 'auto' (shared memory when the table fits, else global), 'shared' or 'global' (for tests).
+    check_codes: read the codes' range back (a device sync) before launching; False for codes known in range.
     """
     return _launch("lsh_cumulation", ((query_mask, query_hash_code), (key_mask, key_hash_code)), (), value,
-                   hashtable_capacity, table)
+                   hashtable_capacity, table, check_codes)
 
 
 def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask, key_hash_code, key_weight, value,
-                            hashtable_capacity, table="auto"):
+                            hashtable_capacity, table="auto", check_codes=True):
     """out [batch, n_q, d_v] float32 with each colliding pair weighted by query_weight[q] . key_weight[k]."""
     return _launch("lsh_weighted_cumulation", ((query_mask, query_hash_code), (key_mask, key_hash_code)),
-                   (query_weight, key_weight), value, hashtable_capacity, table)
+                   (query_weight, key_weight), value, hashtable_capacity, table, check_codes)
