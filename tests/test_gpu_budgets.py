@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import yoso_np
-from yoso_np.raw_kernels import expectation
+from yoso_np import lsh
+from yoso_np.raw_kernels import cumulation, expectation
 from yoso_np.testing import emulated_cuda, emulator
 
 attention = importlib.import_module("yoso_np.layers.attention")  # the module (yoso_np.layers exports the function)
@@ -147,3 +148,41 @@ def test_no_transfer_grows_with_the_layers(gpu, use_expectation, training):
         assert one[kind] == three[kind], kind
     assert three["device_to_host"] <= 4 and three["host_to_device"] <= 3
     assert three["synchronizations"] == three["device_queries"] == 0
+
+
+def cumulation_inputs(seed, batch, n, num_hash, code_len, d, share=0.5):
+    """Codes of 2**code_len where about `share` of the queries have a key's code (the rest meet no key)."""
+    rng = np.random.default_rng(seed)
+    key_codes = rng.integers(0, 2**code_len, (batch, n, num_hash)).astype(np.int32)
+    query_codes = rng.integers(0, 2**code_len, (batch, n, num_hash)).astype(np.int32)
+    take = rng.random((batch, n, num_hash)) < share
+    query_codes[take] = key_codes[:, rng.permutation(n)][take]
+    key_codes[:, :n // 8] = key_codes[:, n // 8:n // 4]  # buckets of several keys
+    masks = [rng.integers(0, 2, (batch, n)).astype(np.int32) for _ in range(2)]
+    weights = [rng.standard_normal((batch, n, d)).astype(np.float32) for _ in range(2)]
+    value = rng.standard_normal((batch, n, d)).astype(np.float32)
+    return masks, query_codes, key_codes, weights, value
+
+
+def test_compacted_codes_give_the_same_sums_on_numpy():
+    (qm, km), qc, kc, (qw, kw), value = cumulation_inputs(2, 2, 50, 3, 16, 4)
+    cqc, ckc, capacity = cumulation.compact_codes(qc, kc, 2**16)
+    assert capacity == 64 and cqc.dtype == ckc.dtype == np.int32 and 0 <= cqc.min() and cqc.max() <= 50
+    np.testing.assert_allclose(lsh.lsh_cumulation(qm, cqc, km, ckc, value, capacity),
+                               lsh.lsh_cumulation(qm, qc, km, kc, value, 2**16), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(lsh.lsh_weighted_cumulation(qm, cqc, qw, km, ckc, kw, value, capacity),
+                               lsh.lsh_weighted_cumulation(qm, qc, qw, km, kc, kw, value, 2**16), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_gpu_hash_tables_grow_with_the_keys_not_2_to_the_code_length(gpu, weighted):
+    """hash_code_len 20 on 1000 tokens: a 2**20-row table per (row, hash) before (the weighted backward's tables
+    would have been terabytes at L = 16); now n_k + 1 rows, in shared memory, and the same sums as NumPy."""
+    (qm, km), qc, kc, (qw, kw), value = cumulation_inputs(3, 1, 1000, 2, 20, 4)
+    args = (qm, qc, qw, km, kc, kw, value) if weighted else (qm, qc, km, kc, value)
+    run = lsh.lsh_weighted_cumulation if weighted else lsh.lsh_cumulation
+    expected = run(*args, 2**20)
+    with Counted(gpu) as spent:
+        actual = run(*(gpu.asarray(a) for a in args), 2**20).get()
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
+    assert spent.spent["launches"] <= 40

@@ -10,6 +10,8 @@ Its table (capacity x wtile x vtile floats) lives in shared memory when it fits 
 scratch slice owned by the block. The block zeroes it, adds every key into it with atomics, then each query reads its
 bucket and adds its share to out with a global atomic (the m hashes of a query meet in out). Blocks walk the work
 items grid-stride and threads walk the tokens block-stride, so any n, d_v, d_w and grid size works.
+Codes are first renumbered per (b, f) when 2**L exceeds the keys (compact_codes): a table then has n_k + 1 rows,
+not 2**L, so the cost grows with the tokens whatever hash_code_len is.
 Float atomics make the summation order vary between runs: expect differences in the last bits, not bitwise
 reproducibility. NumPy twins: yoso_np.lsh.lsh_cumulation / lsh_weighted_cumulation.
 """
@@ -122,6 +124,30 @@ def _tiles(capacity, d_w, d_v, table):
     return max(1, min(d_w, cells // vtile)), vtile, False
 
 
+def compact_codes(query_hash_code, key_hash_code, capacity):
+    """(query codes, key codes, capacity) renumbered per (batch row b, hash f) so that a table needs a row per key,
+    not per possible code: a key's code becomes the position of its first occurrence among the row's sorted key
+    codes (< n_k), a query code no key has becomes n_k (a row no key writes, which stays zero), and the capacity the
+    power of two above n_k. Equal codes stay equal and a query meets the same keys, so the sums are unchanged.
+    Sort-based, as the NumPy path's _table_rows: O(tokens x hashes x log) work, a few launches, no host data.
+    Runs on NumPy arrays too (its own twin). Codes must lie in [0, capacity)."""
+    from ..backend import array_module
+    xp = array_module(key_hash_code)
+    batch, n_k, num_hash = key_hash_code.shape
+    if n_k == 0:
+        return query_hash_code, key_hash_code, capacity
+    rows = xp.arange(batch * num_hash, dtype=xp.int64).reshape(batch, 1, num_hash)
+    keys = (rows * capacity + key_hash_code).reshape(-1)  # row r's keys fill sorted positions [r n_k, (r+1) n_k)
+    sorted_keys = xp.sort(keys)
+    first = rows * n_k
+    key_ids = xp.searchsorted(sorted_keys, keys).reshape(key_hash_code.shape) - first
+    queries = rows * capacity + query_hash_code
+    found = xp.searchsorted(sorted_keys, queries.reshape(-1)).reshape(queries.shape)
+    hit = sorted_keys[xp.minimum(found, sorted_keys.size - 1)] == queries
+    query_ids = xp.where(hit, found - first, n_k)
+    return query_ids.astype(xp.int32), key_ids.astype(xp.int32), max(2, 1 << n_k.bit_length())
+
+
 def _launch(name, masks_codes, weights, value, capacity, table, check_codes):
     import cupy
 
@@ -151,6 +177,8 @@ def _launch(name, masks_codes, weights, value, capacity, table, check_codes):
     out = cupy.zeros((batch, n_q, d_v), dtype=cupy.float32)
     if out.size == 0:
         return out
+    if capacity > max(2, 1 << n_k.bit_length()) and table == "auto":
+        qcode, kcode, capacity = compact_codes(qcode, kcode, capacity)
     wtile, vtile, use_global = _tiles(int(capacity), d_w, d_v, table)
     items = batch * num_hash * -(-d_w // wtile) * -(-d_v // vtile)
     sizes = check_int32(batch=batch, n_q=n_q, n_k=n_k, num_hash=num_hash, capacity=capacity, d_w=d_w, d_v=d_v,
@@ -158,7 +186,7 @@ def _launch(name, masks_codes, weights, value, capacity, table, check_codes):
     arrays = [qmask, qcode, *weights[:1], kmask, kcode, *weights[1:], value, out]
     table_bytes = 4 * capacity * wtile * vtile
     if use_global:
-        blocks = max(1, min(items, GLOBAL_SCRATCH_BYTES // table_bytes, 4 * multiprocessor_count()))
+        blocks = max(1, min(items, GLOBAL_SCRATCH_BYTES // table_bytes, 16 * multiprocessor_count()))
         scratch = cupy.empty(blocks * table_bytes // 4, dtype=cupy.float32)
         kernel = get_kernel("cumulation", SOURCE, f"{name}_global")
         kernel((blocks,), (THREADS,), (scratch, *arrays, *sizes))
