@@ -186,3 +186,38 @@ def test_gpu_hash_tables_grow_with_the_keys_not_2_to_the_code_length(gpu, weight
         actual = run(*(gpu.asarray(a) for a in args), 2**20).get()
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
     assert spent.spent["launches"] <= 40
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("code_len", [3, 12])
+def test_float64_cumulation_keeps_float64_on_the_gpu(gpu, weighted, code_len):
+    """A float64 model's sampled attention gets float64 sums (the kernels' float atomics would round to float32)."""
+    (qm, km), qc, kc, (qw, kw), value = cumulation_inputs(4, 3, 40, 3, code_len, 5)
+    qw, kw, value = qw.astype(np.float64), kw.astype(np.float64), value.astype(np.float64)
+    args = (qm, qc, qw, km, kc, kw, value) if weighted else (qm, qc, km, kc, value)
+    run = lsh.lsh_weighted_cumulation if weighted else lsh.lsh_cumulation
+    expected = run(*args, 2**code_len)
+    actual = run(*(gpu.asarray(a) for a in args), 2**code_len)
+    assert actual.dtype == np.float64
+    np.testing.assert_allclose(actual.get(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("use_fast_hash", [True, False])
+def test_a_float64_sampling_model_stays_float64_on_the_gpu(gpu, use_fast_hash):
+    """The stand-in's generator draws as NumPy's, so the emulated GPU samples the CPU's hash matrices: a float64
+    step then agrees with the CPU's to float64 rounding (it was float32's before)."""
+    config = yoso_np.YosoConfig(vocab_size=100, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                                intermediate_size=20, max_position_embeddings=40, use_expectation=False, num_hash=4,
+                                hash_code_len=4, use_fast_hash=use_fast_hash)
+    model = yoso_np.YosoForSequenceClassification(config, seed=0)
+    model.weights = {k: v.astype(np.float64) for k, v in model.weights.items()}
+    ids = np.random.default_rng(0).integers(5, 100, (2, 16))
+    mask = np.ones((2, 16))
+    mask[1, 12:] = 0
+    cpu, cpu_grads = model.forward_backward(ids, mask, labels=np.array([0, 1]), rng=1)
+    model.to("cuda")
+    out, grads = model.forward_backward(ids, mask, labels=np.array([0, 1]), rng=1)
+    assert out.logits.dtype == np.float64
+    np.testing.assert_allclose(out.logits.get(), cpu.logits, rtol=1e-12, atol=1e-14)
+    for key, expected in cpu_grads.items():
+        np.testing.assert_allclose(grads[key].get(), expected, rtol=1e-9, atol=1e-14, err_msg=key)

@@ -465,6 +465,8 @@ def lsh_cumulation(query_mask, query_hash_code, key_mask, key_hash_code, value, 
         query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity, check_values)
     if xp is not np:
         from .raw_kernels import cumulation as kernels
+        if value.dtype != np.float32:  # float64: no float atomics, the dtype kept
+            return kernels.cumulation_by_tables(query_keep, query_hash_code, key_keep, key_hash_code, value, capacity)
         out = kernels.lsh_cumulation(query_keep.astype(xp.int32), xp.ascontiguousarray(query_hash_code),
                                      key_keep.astype(xp.int32), xp.ascontiguousarray(key_hash_code),
                                      xp.ascontiguousarray(value, dtype=xp.float32), capacity, check_codes=False)
@@ -555,6 +557,10 @@ def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask,
     _check_shape("key_weight", key_weight, (batch, n_k, d_w))
     if xp is not np:
         from .raw_kernels import cumulation as kernels
+        if value.dtype != np.float32:  # float64: no float atomics, the dtype kept
+            cast = lambda a: a.astype(value.dtype, copy=False)  # noqa: E731
+            return kernels.cumulation_by_tables(query_keep, query_hash_code, key_keep, key_hash_code, value, capacity,
+                                                cast(query_weight), cast(key_weight))
         f32 = lambda a: xp.ascontiguousarray(a, dtype=xp.float32)  # noqa: E731
         out = kernels.lsh_weighted_cumulation(
             query_keep.astype(xp.int32), xp.ascontiguousarray(query_hash_code), f32(query_weight),

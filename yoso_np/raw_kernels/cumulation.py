@@ -213,3 +213,40 @@ def lsh_weighted_cumulation(query_mask, query_hash_code, query_weight, key_mask,
     """out [batch, n_q, d_v] float32 with each colliding pair weighted by query_weight[q] . key_weight[k]."""
     return _launch("lsh_weighted_cumulation", ((query_mask, query_hash_code), (key_mask, key_hash_code)),
                    (query_weight, key_weight), value, hashtable_capacity, table, check_codes)
+
+
+TABLE_BUDGET_BYTES = 256 * 2**20  # tables and gathers of the float64 path at once
+
+
+def cumulation_by_tables(query_mask, query_hash_code, key_mask, key_hash_code, value, hashtable_capacity,
+                         query_weight=None, key_weight=None):
+    """The same sums in value's dtype (float64 too, which the kernels' float atomics cannot give) by array
+    operations: per hash f the tables T_bf[c] = sum_k kmask kw_k (outer) v_k by one scatter-add over compacted
+    codes, read by one gather per query. Batch rows in chunks whose tables fit TABLE_BUDGET_BYTES; a few launches
+    per hash and chunk. Masks nonzero = keep; codes int32 in [0, capacity)."""
+    import cupyx
+    from ..backend import array_module
+    xp = array_module(value)
+    batch, n_k, d_v = value.shape
+    n_q, num_hash = query_hash_code.shape[1:]
+    qcode, kcode, capacity = compact_codes(query_hash_code, key_hash_code, hashtable_capacity)
+    d_w = 1 if key_weight is None else key_weight.shape[2]
+    width = d_w * d_v
+    kept = value * (key_mask != 0)[:, :, None]
+    if key_weight is not None:  # kw (outer) v per key, flattened
+        kept = (key_weight[:, :, :, None] * kept[:, :, None, :]).reshape(batch, n_k, width)
+    out = xp.zeros((batch, n_q, d_v), dtype=value.dtype)
+    rows = max(1, TABLE_BUDGET_BYTES // max(1, (capacity + n_q) * width * value.itemsize))
+    for b0 in range(0, batch, rows):
+        b1 = min(batch, b0 + rows)
+        chunk = xp.arange(b1 - b0)[:, None]
+        for f in range(num_hash):
+            table = xp.zeros((b1 - b0, capacity, width), dtype=value.dtype)
+            cupyx.scatter_add(table, (chunk, kcode[b0:b1, :, f]), kept[b0:b1])
+            found = table[chunk, qcode[b0:b1, :, f]]                    # (rows, n_q, width)
+            if query_weight is None:
+                out[b0:b1] += found
+            else:
+                out[b0:b1] += xp.einsum("bqwv,bqw->bqv", found.reshape(b1 - b0, n_q, d_w, d_v), query_weight[b0:b1])
+    out *= (query_mask != 0)[:, :, None] * (1.0 / num_hash)
+    return out
