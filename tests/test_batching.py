@@ -152,3 +152,22 @@ def test_group_by_length_is_a_finetune_option():
     assert args.group_by_length is True
     with pytest.raises(Exception, match="group_by_length must be True or False"):
         TrainingArguments(output_dir="o", group_by_length="yes").validate()
+
+
+@pytest.mark.parametrize("use_expectation", [True, False])
+def test_small_work_stays_on_the_callers_thread(monkeypatch, use_expectation):
+    """A training step of short texts hands nothing to the pool (a hand-off costs more than the work it would
+    split); long ones do."""
+    from yoso_np import backend
+
+    handed = []
+    real_pool = backend._pool
+    monkeypatch.setattr(backend, "_pool", lambda: handed.append(1) or real_pool())
+    config = tiny_config(max_position_embeddings=700, use_expectation=use_expectation, num_hash=4, hash_code_len=6)
+    model = YosoForSequenceClassification(config, seed=0)
+    short = np.random.default_rng(0).integers(5, 100, (4, 128))
+    model.forward_backward(short, labels=[0, 1, 0, 1], rng=0)
+    assert handed == []
+    long = np.random.default_rng(1).integers(5, 100, (1, 600))
+    model.forward_backward(long, labels=[1], rng=0)
+    assert handed or backend.cpu_threads() < 2  # one core: nothing to share out
