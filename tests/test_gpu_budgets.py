@@ -77,9 +77,9 @@ def test_fused_weights_kernel_refuses_what_it_cannot_take(gpu):
 
 
 def test_the_backend_chooses_the_blocking_in_one_place(gpu):
-    assert attention.expectation_blocking(np, np.float32) == (attention.BLOCK_ELEMENTS, None)
-    block, weights = attention.expectation_blocking(gpu, np.float32)
-    assert block == attention.GPU_BLOCK_BYTES // 4 and weights is expectation.collision_probability
+    assert attention.expectation_blocking(np) == (attention.BLOCK_ELEMENTS, None)
+    block, weights = attention.expectation_blocking(gpu)
+    assert block == gpu.cuda.Device().mem_info[1] // 64 and weights is expectation.collision_probability
 
 
 @pytest.mark.parametrize("batch,n", [(1, 16), (2, 40), (3, 24)])
@@ -95,6 +95,7 @@ def test_yoso_e_layer_launches_are_few_and_independent_of_heads_n_and_batch(gpu,
     with Counted(gpu) as backward:
         dx, grads = attention.attention_backward(dout, cache, config)
     # 23 and 46 at the time of writing: products, norms, the weights kernel; before, ~25 launches per weights slice
+    # (a slice of 2^17 elements: 3 300 launches a head at n = 4096)
     assert forward.spent["launches"] <= YOSO_E_LAUNCHES
     assert backward.spent["launches"] <= YOSO_E_BACKWARD_LAUNCHES
     for spent in (forward.spent, backward.spent):
@@ -103,12 +104,14 @@ def test_yoso_e_layer_launches_are_few_and_independent_of_heads_n_and_batch(gpu,
     np.testing.assert_allclose(dx.get(), d_expected[0], rtol=1e-4, atol=1e-4)
 
 
-def test_yoso_e_chunks_by_the_gpu_memory_budget(gpu, monkeypatch):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_yoso_e_chunks_by_the_gpu_memory_budget(gpu, monkeypatch, dtype):
     """A budget smaller than all heads' weights: stacks of whole heads, then row blocks of one head, same results."""
     p, x, mask, config = attention_inputs(2, 24, heads=3)
+    p, x, mask = {k: v.astype(dtype) for k, v in p.items()}, x.astype(dtype), mask.astype(dtype)
     expected, cpu_cache = attention.attention(p, x, mask, config)
     d_expected = attention.attention_backward(np.ones_like(expected), cpu_cache, config)
-    for budget in (4 * 24 * 24 * 2, 4 * 24 * 5):  # two heads' W; five rows of one head's W
+    for budget in (8 * 24 * 24 * 2, 8 * 24 * 5):  # two heads' W; five rows of one head's W (8-byte elements)
         monkeypatch.setattr(attention, "GPU_BLOCK_BYTES", budget)
         out, cache = attention.attention({k: gpu.asarray(v) for k, v in p.items()}, gpu.asarray(x),
                                          gpu.asarray(mask), config)

@@ -32,8 +32,10 @@ _NEG_ACOS_POLY_OVER_PI_F32 = np.array(_NEG_ACOS_POLY_OVER_PI, dtype=np.float32)
 BLOCK_ELEMENTS = 1 << 19
 SLICE_ELEMENTS = 1 << 17
 # on a GPU the blocks are sized by memory, not cache: W for all (batch, head) pairs at once up to this many bytes,
-# so a layer is a few launches (a batched matmul, the fused weights kernel, a batched matmul) at any head count
-GPU_BLOCK_BYTES = 1 << 30
+# so a layer is a few launches (a batched matmul, the fused weights kernel, a batched matmul) at any head count.
+# None: an eighth of the device's memory (the backward holds two such blocks), counted in 8-byte elements so that a
+# stack of heads fits whatever the dtype; 12 heads of n = 4096 at batch 8 are one block on an H200 (141 GB)
+GPU_BLOCK_BYTES = None
 
 
 def power_inplace(x, tau, scratch):
@@ -91,14 +93,15 @@ def collision_probability(s, tau, scratch):
     return power_inplace(s, tau, a)
 
 
-def expectation_blocking(xp, dtype):
+def expectation_blocking(xp):
     """(elements of W per block, fused in-place weights routine or None) for a backend. The CPU blocks by cache size
     and computes the weights with a compiled loop or NumPy passes; CuPy blocks by GPU_BLOCK_BYTES and computes
     them with one fused kernel (raw_kernels.expectation, the twin of collision_probability)."""
     if xp is np:
         return BLOCK_ELEMENTS, None
-    from ..raw_kernels import expectation
-    return GPU_BLOCK_BYTES // np.dtype(dtype).itemsize, expectation.collision_probability
+    from ..raw_kernels import _compile, expectation
+    budget = GPU_BLOCK_BYTES if GPU_BLOCK_BYTES is not None else _compile.total_memory() // 8
+    return budget // 8, expectation.collision_probability
 
 
 def _compiled_weights(xp, dtype, tau):
@@ -115,7 +118,7 @@ def expectation_blocks(q, k, tau):
     products, not many small ones), else row blocks of one head at a time (then heads must be 1). The weights
     are computed by one compiled loop (cpu_kernels, bit-identical) or in L2-sized slices of NumPy passes."""
     xp = array_module(q)
-    block, fused = expectation_blocking(xp, q.dtype)
+    block, fused = expectation_blocking(xp)
     compiled = fused or _compiled_weights(xp, q.dtype, tau)
     heads, nq, nk = q.shape[0], q.shape[1], k.shape[1]
     rows = max(1, min(nq, block // max(heads * nk, 1)))
@@ -189,7 +192,7 @@ def for_each_head_stack(fn, rows, n, xp):
     """fn(slice of the batch * heads rows) over stacks of whole heads that fit one BLOCK_ELEMENTS block (one head
     at a time from n = 725), on CPU threads when all the heads' weights together are large (32 x 128 tokens:
     0.6x the time of one thread with a multi-threaded BLAS; n = 4096: 12 heads in 0.74 s instead of 1.2)."""
-    per = max(1, expectation_blocking(xp, np.float32)[0] // max(n * n, 1))
+    per = max(1, expectation_blocking(xp)[0] // max(n * n, 1))
     stacks = [slice(i, min(i + per, rows)) for i in range(0, rows, per)]
     if rows * n * n >= PARALLEL_MIN_ELEMENTS:
         parallel_map(fn, stacks, xp)

@@ -102,17 +102,26 @@ def get_kernel(name, source, function):
     return _modules[key].get_function(function)
 
 
-_multiprocessors = {}  # (cupy module, device id) -> count: an attribute query is a driver call, once per device
+_device_facts = {}  # (cupy module, device id, fact) -> value: each query is a driver call, made once per device
 
 
-def multiprocessor_count():
+def _device_fact(name, query):
     from ..backend import cupy_module
     cupy = cupy_module()
     device = cupy.cuda.Device()
-    key = (id(cupy), device.id)
-    if key not in _multiprocessors:
-        _multiprocessors[key] = device.attributes["MultiProcessorCount"]
-    return _multiprocessors[key]
+    key = (id(cupy), device.id, name)
+    if key not in _device_facts:
+        _device_facts[key] = query(device)
+    return _device_facts[key]
+
+
+def multiprocessor_count():
+    return _device_fact("multiprocessors", lambda device: device.attributes["MultiProcessorCount"])
+
+
+def total_memory():
+    """The current device's memory in bytes."""
+    return _device_fact("memory", lambda device: device.mem_info[1])
 
 
 INT32_MAX = 2**31 - 1
