@@ -142,12 +142,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def parallel_map(fn, items, xp, calls_blas=True):
+def parallel_map(fn, items, xp):
     """[fn(i) for i in items]. On NumPy: on one Python thread per CPU core, since NumPy and BLAS release the GIL.
-    With calls_blas, each thread gets a single-threaded BLAS (threadpoolctl): Python threads on top of BLAS's own
-    threads were 7x slower here (they contend); split this way, 12 heads of YOSO-E at n = 4096 took 0.74 s instead
-    of 1.2 s on 2 cores. Pass calls_blas=False for pure elementwise work, which needs no limit. On CuPy: a plain
-    loop (the GPU runs each call in parallel already).
+    Each thread gets a single-threaded BLAS (threadpoolctl): Python threads on top of BLAS's own threads were 7x
+    slower here (they contend); split this way, 12 heads of YOSO-E at n = 4096 took 0.74 s instead of 1.2 s on 2
+    cores. On CuPy: a plain loop (the GPU runs each call in parallel already).
 
     Safe from any number of threads at once (their items share the one pool) and in forked children."""
     items = list(items)
@@ -162,8 +161,6 @@ def parallel_map(fn, items, xp, calls_blas=True):
         with np.errstate(**caller_errstate):
             return fn(item)
 
-    if not calls_blas:
-        return list(pool.map(call, items))
     with single_threaded_blas():
         return list(pool.map(call, items))
 
