@@ -17,7 +17,10 @@ def no_scipy(monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy then raises ImportError
     monkeypatch.setattr(lsh.cpu_kernels, "lsh_cumulation", lambda: None)  # the path that used scipy
+    lsh._scipy_sparse.cache_clear()  # looked for once per process
     assert lsh._scipy_sparse() is None
+    yield
+    lsh._scipy_sparse.cache_clear()
 
 
 @pytest.mark.parametrize("code_len,n_k", [(3, 11), (5, 40), (9, 11)])

@@ -11,6 +11,7 @@ Hash f of a vector is an L-bit code whose bit i is the sign bit of projection f 
 NumPy inputs run the vectorised NumPy code below; CuPy inputs run the CUDA kernels of ``raw_kernels``
 (Gaussian hashing is a matmul on either backend, so it has no kernel of its own).
 """
+import functools
 import math
 
 import numpy as np
@@ -317,9 +318,9 @@ def hash_with(query_mask, query, key_mask, key, matrices, *, num_hash, hash_code
             query, key = xp.pad(query, pad), xp.pad(key, pad)
         return (fast_hash(query_mask, query, matrices, num_hash, hash_code_len, check_values=check_values),
                 fast_hash(key_mask, key, matrices, num_hash, hash_code_len, check_values=check_values))
-    _check_dmat(matrices, batch, padded, num_hash, hash_code_len)
-    query_keep = _check_mask("query_mask", query_mask, batch, query.shape[1])
-    key_keep = _check_mask("key_mask", key_mask, batch, key.shape[1])
+    _check_dmat(matrices, batch, padded, num_hash, hash_code_len, check_values)
+    query_keep = _check_mask("query_mask", query_mask, batch, query.shape[1], check_values)
+    key_keep = _check_mask("key_mask", key_mask, batch, key.shape[1], check_values)
     compiled = [_compiled_fast_hash(x, keep, matrices, num_hash, hash_code_len)
                 for x, keep in ((query, query_keep), (key, key_keep))]
     if compiled[0] is not None:
@@ -522,7 +523,7 @@ def _scatter_rows(rows, value, table_rows):
 
     This is a scatter-add with conflicts, i.e. S @ value for the sparse 0/1 matrix S[rows[k, j], k] = 1. scipy, where
     installed (it is optional), does it in one pass of its compiled CSC product; otherwise the keys are sorted into
-    their rows (backend.scatter_add_rows). See _SCIPY_COST for what that costs.
+    their rows (backend.scatter_add_rows: 7.7x the cumulation's time with 256-row tables at n = 4096).
     """
     n_k, per_key = rows.shape
     sparse = _scipy_sparse()
@@ -533,7 +534,9 @@ def _scatter_rows(rows, value, table_rows):
     return np.asarray(s @ value)
 
 
+@functools.lru_cache(maxsize=None)
 def _scipy_sparse():
+    """scipy.sparse, or None where scipy is not installed (looked for once: a failed import searches sys.path)."""
     try:
         import scipy.sparse
     except ImportError:
