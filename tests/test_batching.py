@@ -171,3 +171,60 @@ def test_small_work_stays_on_the_callers_thread(monkeypatch, use_expectation):
     long = np.random.default_rng(1).integers(5, 100, (1, 600))
     model.forward_backward(long, labels=[1], rng=0)
     assert handed or backend.cpu_threads() < 2  # one core: nothing to share out
+
+
+def blas_threads():
+    """NumPy's BLAS threads (scipy may load a BLAS of its own, which yoso_np's products do not use)."""
+    from threadpoolctl import threadpool_info
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    return [p["num_threads"] for p in blas if "numpy" in p["filepath"]] or [p["num_threads"] for p in blas]
+
+
+@pytest.mark.parametrize("use_expectation", [True, False])
+def test_a_big_batch_runs_on_the_pool_alone_with_the_same_results(monkeypatch, use_expectation):
+    """From POOL_MIN_TOKENS a call runs with single-threaded BLAS, its products and passes split over the pool:
+    the same loss and gradients to float32 rounding (the row chunks sum LayerNorm's gradients in another order),
+    and the host's BLAS setting back afterwards."""
+    from yoso_np import backend
+
+    if backend.cpu_threads() < 2 or not blas_threads():
+        pytest.skip("one core or no BLAS seen: there is no pool section")
+    config = tiny_config(max_position_embeddings=200, intermediate_size=256, use_expectation=use_expectation,
+                         num_hash=4, hash_code_len=6)
+    model = YosoForSequenceClassification(config, seed=0)
+    ids = np.random.default_rng(0).integers(5, 100, (4, 130))
+    mask = np.ones(ids.shape, np.int64)
+    mask[1, 100:] = 0
+    monkeypatch.setattr(backend, "POOL_MIN_TOKENS", ids.size + 1)
+    expected, expected_grads = model.forward_backward(ids, attention_mask=mask, labels=[0, 1, 0, 1], rng=0)
+    host = blas_threads()
+    seen = []
+    real_map = backend.parallel_map
+
+    def recording_map(fn, items, xp):
+        seen.append((backend.in_pool_section(), blas_threads()))
+        return real_map(fn, items, xp)
+
+    monkeypatch.setattr(backend, "parallel_map", recording_map)
+    monkeypatch.setattr(backend, "POOL_MIN_TOKENS", ids.size)
+    got, grads = model.forward_backward(ids, attention_mask=mask, labels=[0, 1, 0, 1], rng=0)
+    assert len(seen) > 20 and all(on and set(threads) == {1} for on, threads in seen), seen[:3]
+    assert blas_threads() == host and not backend.in_pool_section()
+    np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-5)
+    np.testing.assert_allclose(got.logits, expected.logits, rtol=1e-5, atol=1e-6)
+    for name, g in expected_grads.items():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_a_pool_section_gives_the_blas_setting_back_when_the_call_fails():
+    from yoso_np import backend
+
+    host = blas_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with backend.pool_section(backend.POOL_MIN_TOKENS):
+            if backend.cpu_threads() > 1:
+                assert backend.in_pool_section() and set(blas_threads()) <= {1}
+            raise RuntimeError("inside")
+    assert blas_threads() == host and not backend.in_pool_section()
+    with backend.pool_section(backend.POOL_MIN_TOKENS - 1):
+        assert not backend.in_pool_section()

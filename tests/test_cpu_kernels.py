@@ -82,11 +82,18 @@ def test_compiled_gelu_is_bit_identical_to_numpy(monkeypatch):
     x[0, 0] = np.nan
     cpu_kernels.gelu()(x, got, activations._GELU_TAIL_POLY_F32)
     assert np.isnan(got[0, 0])
-    # and through activation(), on the blocks shared out to the cores
+    # and through activation(): the compiled loop in one call, the NumPy passes in blocks, each also over x itself
     x = (3 * np.random.default_rng(3).standard_normal((300, 1000))).astype(np.float32)
-    y, _ = activations.activation("gelu", x)
-    monkeypatch.setattr(activations, "_float32_into", lambda name: activations._INPLACE_FLOAT32[name])
-    np.testing.assert_array_equal(y, activations.activation("gelu", x)[0])
+    y, cache = activations.activation("gelu", x)
+    assert cache[1] is x
+    for compiled in (True, False):
+        if not compiled:
+            monkeypatch.setattr(cpu_kernels, "gelu", lambda: None)
+        np.testing.assert_array_equal(y, activations.activation("gelu", x)[0])
+        x_copy = x.copy()
+        y_over, cache = activations.activation("gelu", x_copy, overwrite_x=True)
+        assert cache is None and np.shares_memory(y_over, x_copy)
+        np.testing.assert_array_equal(y_over, y)
 
 
 @numba_needed
@@ -112,6 +119,31 @@ def test_compiled_layer_norm_matches_numpy(monkeypatch, shape):
     exact = centred / np.sqrt((centred ** 2).mean(axis=-1, keepdims=True) + 1e-5) * p["weight"] + p["bias"]
     assert_close(y, exact, rtol=1e-5, atol=1e-5, name="compiled")
     assert_close(y_np, exact, rtol=1e-5, atol=1e-5, name="numpy")
+
+
+@numba_needed
+@pytest.mark.parametrize("shape", [(2, 3, 13), (2, 700, 768)])
+def test_compiled_layer_norm_backward_against_numpy_and_float64(monkeypatch, shape):
+    rng = np.random.default_rng(6)
+    x = (3 + 2 * rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    p = {"weight": rng.standard_normal(shape[-1]).astype(np.float32),
+         "bias": rng.standard_normal(shape[-1]).astype(np.float32)}
+    _, cache = norm.layer_norm(p, x, 1e-5)
+    dx, grads = norm.layer_norm_backward(dy, cache)
+    monkeypatch.setattr(cpu_kernels, "layer_norm_backward", lambda: None)
+    dx_np, grads_np = norm.layer_norm_backward(dy, cache)
+    assert dx.dtype == grads["weight"].dtype == grads["bias"].dtype == np.float32 and dx.shape == shape
+    np.testing.assert_allclose(dx, dx_np, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(grads["bias"], grads_np["bias"])  # the same row-by-row sums
+    np.testing.assert_allclose(grads["weight"], grads_np["weight"], rtol=1e-5, atol=1e-5)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    xhat = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    g = dy64 * p["weight"]
+    exact = (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True)) / np.sqrt(
+        x64.var(-1, keepdims=True) + 1e-5)
+    assert_close(dx, exact, rtol=1e-4, atol=1e-5, name="compiled dx")
+    assert_close(grads["weight"], (dy64 * xhat).sum(axis=(0, 1)), rtol=1e-4, atol=1e-4, name="compiled dweight")
 
 
 @numba_needed
@@ -232,8 +264,9 @@ def test_numba_switched_off_by_environment(monkeypatch, fresh_kernels):
     assert cpu_kernels.collision_probability() is None and cpu_kernels.gelu() is None
     assert cpu_kernels.lsh_cumulation() is None and cpu_kernels.lsh_weighted_cumulation() is None
     assert cpu_kernels.fast_hash() is None and cpu_kernels.layer_norm() is None
+    assert cpu_kernels.gelu_grad() is None and cpu_kernels.layer_norm_backward() is None
     assert attention._compiled_weights(np, np.float32, 9) is None
-    assert activations._float32_into("gelu") is activations._gelu_float32_into
+    assert activations._float32_into("gelu").args == (activations._gelu_float32_into,)
 
 
 def test_only_float32_numpy_weights_are_compiled():

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from . import checkpoint
-from .backend import array_module, check_device, device_of, to_device, to_numpy
+from .backend import array_module, check_device, device_of, pool_section, to_device, to_numpy
 from .config import CONFIG_NAME, YosoConfig
 from .layers import heads, losses
 from .layers.embeddings import embeddings, embeddings_backward
@@ -263,7 +263,19 @@ class YosoPreTrainedModel:
     def _flatten_choices(self, inputs):
         return inputs, None
 
+    def _pool_section(self, args):
+        """backend.pool_section for the call's batch x n tokens on the CPU (none for inputs not yet checked to be
+        arrays)."""
+        embeds = args["input_ids"] is None
+        shape = getattr(args["inputs_embeds"] if embeds else args["input_ids"], "shape", ())
+        tokens = int(np.prod(shape[:-1] if embeds else shape)) if len(shape) >= 2 else 0
+        return pool_section(tokens if self.device == "cpu" else 0)
+
     def _run(self, args, keep_caches=False):
+        with self._pool_section(args):
+            return self._run_inside(args, keep_caches)
+
+    def _run_inside(self, args, keep_caches):
         inputs, choices = self._flatten_choices({k: args[k] for k in self.INPUT_NAMES})
         targets = {k: args.get(k) for k in self.TARGET_NAMES}
         targets["choices"] = choices
@@ -286,6 +298,10 @@ class YosoPreTrainedModel:
         return self._forward_backward(locals())
 
     def _forward_backward(self, args):
+        with self._pool_section(args):
+            return self._forward_backward_inside(args)
+
+    def _forward_backward_inside(self, args):
         out, (head_backward, (emb_cache, layer_caches)) = self._run(args, keep_caches=True)
         if "loss" not in out and not isinstance(self, YosoModel):
             names = "start_positions and end_positions" if "start_logits" in out else "labels"

@@ -14,12 +14,13 @@ Measured against math.erf on 1.2M points of [-6, 6] plus tiny |x|: float32 max a
 the same erfc. The one exception is the float32 GELU forward, the hot path of every YOSO checkpoint: it uses an
 exp-free form accurate to 4.3e-7 absolute (see _gelu_float32_into), 2.6x faster.
 """
+import functools
 import math
 
 import numpy as np
 
 from .. import cpu_kernels
-from ..backend import array_module, is_cupy_array
+from ..backend import array_module, is_cupy_array, split_range
 
 SQRT_HALF = math.sqrt(0.5)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -467,11 +468,12 @@ _INPLACE_FLOAT32 = {"gelu": _gelu_float32_into}
 
 
 def _float32_into(name):
-    """The in-place float32 routine of ``name``: its compiled twin (cpu_kernels) where numba is installed."""
+    """The float32 routine of ``name`` as fn(x, out) over flat arrays, in L2-sized blocks: its compiled twin
+    (cpu_kernels) where numba is installed, else the NumPy passes."""
     kernel = cpu_kernels.gelu() if name == "gelu" else None
     if kernel is None:
-        return _INPLACE_FLOAT32[name]
-    return lambda x, out, scratch: kernel(x, out, _GELU_TAIL_POLY_F32)
+        return functools.partial(_elementwise_inplace, _INPLACE_FLOAT32[name])
+    return functools.partial(_elementwise_inplace, lambda x, out, scratch: kernel(x, out, _GELU_TAIL_POLY_F32))
 
 
 def _elementwise(fn, *arrays):
@@ -487,23 +489,28 @@ def _elementwise(fn, *arrays):
     return out.reshape(first.shape)
 
 
-def _elementwise_inplace(fn_into, x):
-    """fn_into(x, out, scratch) over a NumPy array in L2-sized blocks."""
-    flat = np.ascontiguousarray(x).reshape(-1)
-    out = np.empty_like(flat)
+def _elementwise_inplace(fn_into, x, out):
+    """fn_into(x, out, scratch) over flat NumPy arrays in L2-sized blocks; ``out`` may be ``x`` itself: each block
+    is then computed into scratch and copied back (the NumPy passes read x after writing out, and the compiled loop
+    over aliased arrays runs unvectorised: 47 ms for gelu of (4096, 3072) in place, 6.8 ms by blocks, 9.1 ms into
+    a fresh array, whose page faults cost 5 ms)."""
     block = _INPLACE_BLOCK_ELEMENTS
-    scratch = np.empty(min(block, flat.size), dtype=flat.dtype)
-    for start in range(0, flat.size, block):
-        stop = min(start + block, flat.size)
-        fn_into(flat[start:stop], out[start:stop], scratch[:stop - start])
-    return out.reshape(x.shape)
+    scratch = np.empty((2, min(block, x.size)), dtype=x.dtype)
+    for start in range(0, x.size, block):
+        stop = min(start + block, x.size)
+        if np.may_share_memory(x, out):
+            fn_into(x[start:stop], scratch[0, :stop - start], scratch[1, :stop - start])
+            out[start:stop] = scratch[0, :stop - start]
+        else:
+            fn_into(x[start:stop], out[start:stop], scratch[0, :stop - start])
 
 
 def _compiled_gelu_grad(kernel, x, dy):
     """dy * gelu'(x) by the compiled loop."""
     xs, dys = np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(dy).reshape(-1)
     out = np.empty_like(xs)
-    kernel(xs, dys, out, _GELU_TAIL_POLY_F32, np.float32(INV_SQRT_2PI))
+    split_range(lambda r: kernel(xs[r], dys[r], out[r], _GELU_TAIL_POLY_F32, np.float32(INV_SQRT_2PI)), xs.size, np,
+                min_chunk=_INPLACE_BLOCK_ELEMENTS)
     return out.reshape(x.shape)
 
 
@@ -519,16 +526,23 @@ def _working_precision(x):
     return x.astype(np.float32) if x.dtype.itemsize < 4 else x
 
 
-def activation(name, x):
-    """y = act(x) for ``name`` in ACTIVATIONS; returns (y, cache) with y of x's shape and dtype."""
+def activation(name, x, *, overwrite_x=False):
+    """y = act(x) for ``name`` in ACTIVATIONS; returns (y, cache) with y of x's shape and dtype.
+    overwrite_x=True lets y take x's memory where it can (a forward that no backward follows: the cache is then
+    None); a fresh (4096, 3072) array costs 4 ms of page faults before its first write."""
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
     _check_input(x, "x")
     forward, _ = ACTIVATIONS[name]
+    cache = None if overwrite_x else (name, x)
     if name in _INPLACE_FLOAT32 and x.dtype == np.float32 and isinstance(x, np.ndarray):
-        return _elementwise_inplace(_float32_into(name), x), (name, x)
+        flat = np.ascontiguousarray(x).reshape(-1)
+        out = flat if overwrite_x else np.empty_like(flat)
+        into = _float32_into(name)
+        split_range(lambda r: into(flat[r], out[r]), flat.size, np, min_chunk=_INPLACE_BLOCK_ELEMENTS)
+        return out.reshape(x.shape), cache
     y = _elementwise(forward, _working_precision(x))
-    return y.astype(x.dtype, copy=False), (name, x)
+    return y.astype(x.dtype, copy=False), cache
 
 
 def activation_backward(dy, cache):

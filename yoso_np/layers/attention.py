@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from .. import cpu_kernels, lsh
-from ..backend import array_module, cpu_threads, parallel_map
+from ..backend import array_module, cpu_threads, in_pool_section, parallel_map, split_range
 from .linear import linear, linear_backward
 from .params import add_prefix, sub
 
@@ -162,13 +162,20 @@ def expectation_cumulation(q, k, v, tau, out=None):
     return out3.reshape(q.shape[:-1] + v.shape[-1:])
 
 
-def l2_normalize(x, eps=1e-12):
+def l2_normalize(x, eps=1e-12, out=None):
     """x / max(||x||, eps) over the last axis (torch.nn.functional.normalize); returns (y, norm). y is C-contiguous
-    whatever x's layout: for heads split off a (batch, n, hidden) array the division is also the transpose that
-    gives every head its own block of memory."""
+    whatever x's layout (for heads split off a (batch, n, hidden) array the division is also the transpose that
+    gives every head its own block of memory), or written into ``out`` (an array of x's shape, any layout)."""
     xp = array_module(x)
-    norm = xp.sqrt(xp.einsum("...i,...i->...", x, x)[..., None])
-    return xp.divide(x, xp.maximum(norm, eps), out=xp.empty(x.shape, dtype=x.dtype)), norm
+    out = xp.empty(x.shape, dtype=x.dtype) if out is None else out
+    norm = xp.empty(x.shape[:-1] + (1,), dtype=x.dtype)
+
+    def rows(r):
+        xp.sqrt(xp.einsum("...i,...i->...", x[r], x[r])[..., None], out=norm[r])
+        xp.divide(x[r], xp.maximum(norm[r], eps), out=out[r])
+
+    split_range(rows, x.shape[0], xp) if x.ndim > 1 else rows(Ellipsis)
+    return out, norm
 
 
 def depthwise_conv(v, weight):
@@ -195,7 +202,7 @@ def for_each_head_stack(fn, rows, n, xp):
     (1.03) and in a 2 x 512 training step (1.07); at n = 4096 12 heads took 0.74 s instead of 1.2."""
     per = max(1, expectation_blocking(xp)[0] // max(n * n, 1))
     stacks = [slice(i, min(i + per, rows)) for i in range(0, rows, per)]
-    if rows * n * n >= PARALLEL_MIN_ELEMENTS:
+    if rows * n * n >= PARALLEL_MIN_ELEMENTS or in_pool_section():  # inside one, BLAS has no threads of its own
         parallel_map(fn, stacks, xp)
     else:
         for r in stacks:
@@ -291,11 +298,11 @@ def attention(p, x, mask, config, *, training=False, rng=None):
                              "numpy.random.Generator), got None")
         ctx, hashes = sampling_cumulation(q, k, v, mask, config, rng)
     ctx *= mask[:, None, :, None]  # masked queries give zero rows
-    out, ctx_norm = l2_normalize(ctx)
+    merged = xp.empty(x.shape[:-1] + (ctx.shape[1] * ctx.shape[3],), dtype=ctx.dtype)
+    out, ctx_norm = l2_normalize(ctx, out=split_heads(merged, heads))  # the division writes the merged heads
     if config.conv_window is not None:
         out += depthwise_conv(v, p["conv.weight"])
-    out = merge_heads(out)
-    return out, (p, q_lin, k_lin, v_lin, q, q_norm, k, k_norm, v, mask, ctx, ctx_norm, hashes)
+    return merged, (p, q_lin, k_lin, v_lin, q, q_norm, k, k_norm, v, mask, ctx, ctx_norm, hashes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -357,15 +364,20 @@ def sampling_cumulation_backward(g, q, k, v, hashes, config):
     return unflat(dq), unflat(dk), unflat(dv)
 
 
-def l2_normalize_backward(dy, y, norm, eps=1e-12):
+def l2_normalize_backward(dy, y, norm, eps=1e-12, out=None):
     """y = x / max(||x||, eps): dx = (dy - y (y . dy)) / ||x|| where ||x|| > eps, else dy / eps (y = x / eps is
-    linear there). One new array, the rest in place."""
+    linear there). dx is a new array, or written into ``out`` (dy's shape, any layout)."""
     xp = array_module(dy)
-    along = xp.einsum("...i,...i->...", y, dy)[..., None]
-    along *= norm > eps
-    dx = y * along
-    xp.subtract(dy, dx, out=dx)
-    dx /= xp.maximum(norm, eps)
+    dx = xp.empty(dy.shape, dtype=xp.result_type(y.dtype, dy.dtype)) if out is None else out
+
+    def rows(r):
+        along = xp.einsum("...i,...i->...", y[r], dy[r])[..., None]
+        along *= norm[r] > eps
+        xp.multiply(y[r], along, out=dx[r])
+        xp.subtract(dy[r], dx[r], out=dx[r])
+        dx[r] /= xp.maximum(norm[r], eps)
+
+    split_range(rows, dx.shape[0], xp) if dx.ndim > 1 else rows(Ellipsis)
     return dx
 
 
@@ -411,9 +423,12 @@ def attention_backward(dout, cache, config):
     if dv_conv is not None:
         dv += dv_conv
     dv *= masked  # through the key mask of v
-    dq = merge_heads(l2_normalize_backward(dq, q, q_norm))  # one at a time: each head-split gradient freed
-    dk = merge_heads(l2_normalize_backward(dk, k, k_norm))
-    dv = merge_heads(dv)
+    # written through head-split views: no merge_heads copy
+    dq_merged, dk_merged = (xp.empty(dout.shape, dtype=dq.dtype) for _ in range(2))
+    l2_normalize_backward(dq, q, q_norm, out=split_heads(dq_merged, config.num_attention_heads))
+    del dq
+    l2_normalize_backward(dk, k, k_norm, out=split_heads(dk_merged, config.num_attention_heads))
+    dq, dk, dv = dq_merged, dk_merged, merge_heads(dv)
     dx = None
     for name, d, lin in (("query.", dq, q_lin), ("key.", dk, k_lin), ("value.", dv, v_lin)):
         dxi, gi = linear_backward(d, lin)

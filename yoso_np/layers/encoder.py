@@ -9,22 +9,24 @@ from .norm import layer_norm, layer_norm_backward
 from .params import add_prefix, sub
 
 
-def encoder_layer(p, x, mask, config, *, training=False, rng=None):
+def encoder_layer(p, x, mask, config, *, training=False, rng=None, keep_cache=True):
     """p: the "encoder.layer.{i}." sub-dict; x: (batch, n, hidden); mask: (batch, n) 0/1 in x's dtype.
-    Returns (y, attention context, cache)."""
-    eps, rate = config.layer_norm_eps, config.hidden_dropout_prob
+    Returns (y, attention context, cache); keep_cache=False (no backward to follow) returns cache None and lets
+    the GELU and the LayerNorms write over their inputs."""
+    eps, rate, over = config.layer_norm_eps, config.hidden_dropout_prob, not keep_cache
     ctx, att = attention(sub(p, "attention.self."), x, mask, config, training=training, rng=rng)
     h, att_dense = linear(sub(p, "attention.output.dense."), ctx)
     h, att_drop = dropout(h, rate, rng, training)
     h += x
-    a, att_ln = layer_norm(sub(p, "attention.output.LayerNorm."), h, eps)
+    a, att_ln = layer_norm(sub(p, "attention.output.LayerNorm."), h, eps, overwrite_x=over)
     i, ffn_in = linear(sub(p, "intermediate.dense."), a)
-    i, act = activation(config.hidden_act, i)
+    i, act = activation(config.hidden_act, i, overwrite_x=over)
     o, ffn_out = linear(sub(p, "output.dense."), i)
     o, ffn_drop = dropout(o, rate, rng, training)
     o += a
-    y, ffn_ln = layer_norm(sub(p, "output.LayerNorm."), o, eps)
-    return y, ctx, (att, att_dense, att_drop, att_ln, ffn_in, act, ffn_out, ffn_drop, ffn_ln)
+    y, ffn_ln = layer_norm(sub(p, "output.LayerNorm."), o, eps, overwrite_x=over)
+    cache = (att, att_dense, att_drop, att_ln, ffn_in, act, ffn_out, ffn_drop, ffn_ln) if keep_cache else None
+    return y, ctx, cache
 
 
 def encoder(p, x, mask, config, *, training=False, rng=None, output_hidden_states=False,
@@ -36,7 +38,8 @@ def encoder(p, x, mask, config, *, training=False, rng=None, output_hidden_state
     contexts = [] if output_attentions else None
     caches = [] if keep_caches else None
     for i in range(config.num_hidden_layers):
-        x, ctx, cache = encoder_layer(sub(p, f"layer.{i}."), x, mask, config, training=training, rng=rng)
+        x, ctx, cache = encoder_layer(sub(p, f"layer.{i}."), x, mask, config, training=training, rng=rng,
+                                      keep_cache=keep_caches)
         for kept, value in ((hidden_states, x), (contexts, ctx), (caches, cache)):
             if kept is not None:
                 kept.append(value)
