@@ -23,12 +23,17 @@ def test_parallel_map_keeps_order_and_the_callers_errstate():
 
 def test_scatter_add_rows_matches_add_at():
     rng = np.random.default_rng(0)
-    for rows, k in ((50, 200), (5, 3), (2, 100), (1000, 1)):
+    # the last two tables pass 4 MiB: zeros in a mapping of their own, a plain writable C-contiguous array
+    for rows, k, width in ((50, 200, 3), (5, 3, 3), (2, 100, 3), (1000, 1, 3), (20000, 3000, 64), (9000, 0, 64)):
         index = rng.integers(0, rows, k)
-        values = rng.standard_normal((k, 3))
-        expected = np.zeros((rows, 3))
+        values = rng.standard_normal((k, width)).astype(np.float32)
+        expected = np.zeros((rows, width), np.float32)
         np.add.at(expected, index, values)
-        np.testing.assert_allclose(scatter_add_rows(rows, index, values), expected)
+        got = scatter_add_rows(rows, index, values)
+        assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable and got.shape == (rows, width)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+        got += 1  # an optimizer updates it in place
+        np.testing.assert_allclose(got, expected + 1, rtol=1e-6, atol=1e-6)
 
 
 def test_parallel_map_called_from_its_own_workers_runs_in_place():

@@ -3,6 +3,7 @@
 CuPy is imported lazily: nothing here touches it until a CuPy array or ``device="cuda"`` shows up.
 """
 import contextlib
+import mmap
 import os
 import sys
 import threading
@@ -220,13 +221,26 @@ def _blas_controller():
         return _BLAS_CONTROLLER
 
 
+def _zeros_in_small_pages(shape, dtype):
+    """np.zeros(shape, dtype) in an anonymous mapping of its own. NumPy asks the kernel for 2 MiB pages for arrays from
+    4 MiB (madvise), so a scatter of a few rows into a big table (the word embeddings' gradient, 154 MB) had every
+    2 MiB page zeroed on first touch: 79-350 ms of a 32 x 128 training step, against 18 ms in 4 KiB pages."""
+    count = int(np.prod(shape))
+    nbytes = count * np.dtype(dtype).itemsize
+    if nbytes < 1 << 22 or not hasattr(mmap, "MAP_PRIVATE"):
+        return np.zeros(shape, dtype=dtype)
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(memory, dtype=dtype, count=count).reshape(shape)
+
+
 def scatter_add_rows(num_rows, index, values):
     """out[r] = sum of values[i] over i with index[i] == r; index (k,) ints, values (k, width).
     The gradient of a row gather (embedding lookup). np.add.at is slow on NumPy, and np.add.reduceat costs about
     10 us a segment, so rows hit once are assigned and only the repeated ones summed by reduceat; CuPy has a
     native scatter_add."""
     xp = array_module(values)
-    out = xp.zeros((num_rows, values.shape[1]), dtype=values.dtype)
+    shape = (num_rows, values.shape[1])
+    out = xp.zeros(shape, dtype=values.dtype) if xp is not np else _zeros_in_small_pages(shape, values.dtype)
     if index.size == 0:
         return out
     if xp is not np:
