@@ -458,11 +458,10 @@ ACTIVATIONS = {
 # operation.
 _BLOCK_ELEMENTS = 1 << 14
 # Activations written in place (fn(x, out, scratch)) allocate nothing, so their blocks can be 4x bigger: 256 KiB
-# arrays, still L2-resident (gelu of (4096, 3072): 93 ms allocating, 53 ms in place). They run on the caller's thread:
-# in the model each follows a product on OpenBLAS's threads, whose workers then spin on the other core for ~0.1 s, so
-# yoso_np's threads gained nothing there and their hand-offs cost (without these hand-offs, LayerNorm's and the
-# attention's, a forward of 32 x 128 tokens took 0.96x the time in interleaved runs; on a busy machine a hand-off
-# waits for a core: 2.8x ORT's time at 1 x 128 with it, 1.2x without).
+# arrays, still L2-resident (gelu of (4096, 3072): 93 ms allocating, 53 ms in place). They run on the caller's thread
+# except inside a backend.pool_section: elsewhere each follows a product on OpenBLAS's threads, whose workers then spin
+# on the other core for ~0.1 s, so a hand-off to yoso_np's threads waited for a core (a 32 x 128 forward took 0.96x
+# the time without them).
 _INPLACE_BLOCK_ELEMENTS = 1 << 16
 _INPLACE_FLOAT32 = {"gelu": _gelu_float32_into}
 

@@ -197,9 +197,8 @@ PARALLEL_MIN_ELEMENTS = 1 << 20  # n x n weights (all heads together) worth the 
 
 def for_each_head_stack(fn, rows, n, xp):
     """fn(slice of the batch * heads rows) over stacks of whole heads that fit one block (on the CPU one head at a
-    time from n = 725), on CPU threads when all the heads' weights together are large. Against the caller's thread
-    with OpenBLAS's threads, in the whole model: level at 32 x 128 and 1 x 1024 tokens (1.00, 0.99), ahead at 8 x 512
-    (1.03) and in a 2 x 512 training step (1.07); at n = 4096 12 heads took 0.74 s instead of 1.2."""
+    time from n = 725), on CPU threads inside a backend.pool_section, or outside one when all the heads' weights
+    together are large (at n = 4096 12 heads took 0.74 s instead of 1.2 on the caller's thread)."""
     per = max(1, expectation_blocking(xp)[0] // max(n * n, 1))
     stacks = [slice(i, min(i + per, rows)) for i in range(0, rows, per)]
     if rows * n * n >= PARALLEL_MIN_ELEMENTS or in_pool_section():  # inside one, BLAS has no threads of its own
