@@ -288,6 +288,10 @@ def test_compiled_gelu_grad_against_float64_and_numpy(monkeypatch):
     assert np.abs(slope - exact).max() < 2.5e-6  # the tail polynomial's ~2e-6 relative error near 0, as the forward's
     got = activations.activation_backward(dy, ("gelu", x))
     assert_close(got, dy * slope, rtol=1e-6, atol=0, name="dy * gelu'")
+    dy_copy = dy.copy()
+    over = activations.activation_backward(dy_copy, ("gelu", x), overwrite_dy=True)  # by blocks through scratch
+    assert np.shares_memory(over, dy_copy)
+    np.testing.assert_array_equal(over, got)
     monkeypatch.setattr(cpu_kernels, "gelu_grad", lambda: None)
     assert np.abs(got - activations.activation_backward(dy, ("gelu", x))).max() < 2.5e-6 * np.abs(dy).max()
     nan_x = np.array([np.nan, 1.0], np.float32)

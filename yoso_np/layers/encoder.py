@@ -63,7 +63,7 @@ def encoder_layer_backward(dy, cache, config):
     di, g = linear_backward(dropout_backward(do, ffn_drop), ffn_out)
     collect("output.dense.", g)
     del ffn_out, ffn_drop
-    di = activation_backward(di, act)
+    di = activation_backward(di, act, overwrite_dy=True)  # di is this function's own
     del act
     da, g = linear_backward(di, ffn_in)
     collect("intermediate.dense.", g)
