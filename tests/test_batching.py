@@ -34,6 +34,12 @@ def test_linear_both_products_against_float64(tokens, bias):
     np.testing.assert_allclose(dx, dy.astype(np.float64) @ p["weight"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grads["weight"], dy[0].T.astype(np.float64) @ x[0], rtol=1e-4, atol=1e-4)
     assert ("bias" in grads) == bias
+    x_copy = x.copy()  # dx over the cached input, after the weight's gradient has read it
+    dx_over, grads_over = linear_backward(dy, (p, x_copy), overwrite_x=True)
+    assert np.shares_memory(dx_over, x_copy)
+    np.testing.assert_array_equal(dx_over, dx)
+    for name in grads:
+        np.testing.assert_array_equal(grads_over[name], grads[name])
 
 
 def yoso_e_float64(q, k, v, tau):

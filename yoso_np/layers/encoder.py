@@ -60,7 +60,7 @@ def encoder_layer_backward(dy, cache, config):
     do, g = layer_norm_backward(dy, ffn_ln)
     collect("output.LayerNorm.", g)
     del ffn_ln
-    di, g = linear_backward(dropout_backward(do, ffn_drop), ffn_out)
+    di, g = linear_backward(dropout_backward(do, ffn_drop), ffn_out, overwrite_x=True)  # the GELU's output
     collect("output.dense.", g)
     del ffn_out, ffn_drop
     di = activation_backward(di, act, overwrite_dy=True)  # di is this function's own
