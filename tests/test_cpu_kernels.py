@@ -266,7 +266,7 @@ def test_numba_switched_off_by_environment(monkeypatch, fresh_kernels):
     assert cpu_kernels.fast_hash() is None and cpu_kernels.layer_norm() is None
     assert cpu_kernels.gelu_grad() is None and cpu_kernels.layer_norm_backward() is None
     assert attention._compiled_weights(np, np.float32, 9) is None
-    assert activations._float32_into("gelu").args == (activations._gelu_float32_into,)
+    assert activations._float32_into("gelu") is activations._gelu_float32_into
 
 
 def test_only_float32_numpy_weights_are_compiled():

@@ -180,8 +180,7 @@ def pool_section(tokens):
     """A NumPy model call over ``tokens`` (batch x n) tokens: from POOL_MIN_TOKENS with more than one core, BLAS is
     single-threaded inside and split_range shares work out to the pool; otherwise nothing changes. Nested sections
     and calls from the pool's own threads add nothing."""
-    if (tokens < POOL_MIN_TOKENS or cpu_threads() < 2 or getattr(_SECTION, "on", False)
-            or getattr(_WORKER, "active", False)):
+    if tokens < POOL_MIN_TOKENS or cpu_threads() < 2 or in_pool_section() or getattr(_WORKER, "active", False):
         yield
         return
     with single_threaded_blas():

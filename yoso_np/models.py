@@ -302,7 +302,7 @@ class YosoPreTrainedModel:
             return self._forward_backward_inside(args)
 
     def _forward_backward_inside(self, args):
-        out, (head_backward, (emb_cache, layer_caches)) = self._run(args, keep_caches=True)
+        out, (head_backward, (emb_cache, layer_caches)) = self._run_inside(args, keep_caches=True)
         if "loss" not in out and not isinstance(self, YosoModel):
             names = "start_positions and end_positions" if "start_logits" in out else "labels"
             raise ValueError(f"{type(self).__name__}.forward_backward needs {names} to have a loss")

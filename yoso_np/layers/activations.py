@@ -14,7 +14,6 @@ Measured against math.erf on 1.2M points of [-6, 6] plus tiny |x|: float32 max a
 the same erfc. The one exception is the float32 GELU forward, the hot path of every YOSO checkpoint: it uses an
 exp-free form accurate to 4.3e-7 absolute (see _gelu_float32_into), 2.6x faster.
 """
-import functools
 import math
 
 import numpy as np
@@ -467,12 +466,12 @@ _INPLACE_FLOAT32 = {"gelu": _gelu_float32_into}
 
 
 def _float32_into(name):
-    """The float32 routine of ``name`` as fn(x, out) over flat arrays, in L2-sized blocks: its compiled twin
-    (cpu_kernels) where numba is installed, else the NumPy passes."""
+    """The float32 routine of ``name`` as fn(x, out, scratch) for _elementwise_inplace: its compiled twin (cpu_kernels)
+    where numba is installed, else the NumPy passes."""
     kernel = cpu_kernels.gelu() if name == "gelu" else None
     if kernel is None:
-        return functools.partial(_elementwise_inplace, _INPLACE_FLOAT32[name])
-    return functools.partial(_elementwise_inplace, lambda x, out, scratch: kernel(x, out, _GELU_TAIL_POLY_F32))
+        return _INPLACE_FLOAT32[name]
+    return lambda x, out, scratch: kernel(x, out, _GELU_TAIL_POLY_F32)
 
 
 def _elementwise(fn, *arrays):
@@ -488,20 +487,22 @@ def _elementwise(fn, *arrays):
     return out.reshape(first.shape)
 
 
-def _elementwise_inplace(fn_into, x, out):
-    """fn_into(x, out, scratch) over flat NumPy arrays in L2-sized blocks; ``out`` may be ``x`` itself: each block
-    is then computed into scratch and copied back (the NumPy passes read x after writing out, and the compiled loop
-    over aliased arrays runs unvectorised: 47 ms for gelu of (4096, 3072) in place, 6.8 ms by blocks, 9.1 ms into
-    a fresh array, whose page faults cost 5 ms)."""
+def _elementwise_inplace(fn_into, inputs, out):
+    """fn_into(*input blocks, out block, scratch block) over flat NumPy arrays in L2-sized blocks; ``out`` may be one
+    of the inputs: each block is then computed into scratch and copied back (the NumPy passes read x after writing
+    out, and the compiled loop over aliased arrays runs unvectorised: 47 ms for gelu of (4096, 3072) in place, 6.8 ms
+    by blocks, 9.1 ms into a fresh array, whose page faults cost 5 ms)."""
     block = _INPLACE_BLOCK_ELEMENTS
-    scratch = np.empty((2, min(block, x.size)), dtype=x.dtype)
-    for start in range(0, x.size, block):
-        stop = min(start + block, x.size)
-        if np.may_share_memory(x, out):
-            fn_into(x[start:stop], scratch[0, :stop - start], scratch[1, :stop - start])
+    scratch = np.empty((2, min(block, out.size)), dtype=out.dtype)
+    aliased = any(np.may_share_memory(x, out) for x in inputs)
+    for start in range(0, out.size, block):
+        stop = min(start + block, out.size)
+        blocks = [x[start:stop] for x in inputs]
+        if aliased:
+            fn_into(*blocks, scratch[0, :stop - start], scratch[1, :stop - start])
             out[start:stop] = scratch[0, :stop - start]
         else:
-            fn_into(x[start:stop], out[start:stop], scratch[0, :stop - start])
+            fn_into(*blocks, out[start:stop], scratch[0, :stop - start])
 
 
 def _compiled_gelu_grad(kernel, x, dy, overwrite_dy):
@@ -510,20 +511,11 @@ def _compiled_gelu_grad(kernel, x, dy, overwrite_dy):
     out = dys if overwrite_dy else np.empty_like(xs)
     constants = _GELU_TAIL_POLY_F32, np.float32(INV_SQRT_2PI)
 
-    def chunk(r):
-        xr, dyr, outr = xs[r], dys[r], out[r]
-        if not overwrite_dy:
-            kernel(xr, dyr, outr, *constants)
-            return
-        # over aliased dy and out the loop runs unvectorised: by L2-sized blocks through scratch
-        block = _INPLACE_BLOCK_ELEMENTS
-        scratch = np.empty(min(block, xr.size), dtype=np.float32)
-        for start in range(0, xr.size, block):
-            stop = min(start + block, xr.size)
-            kernel(xr[start:stop], dyr[start:stop], scratch[:stop - start], *constants)
-            outr[start:stop] = scratch[:stop - start]
+    def fn_into(xb, dyb, outb, scratch):
+        kernel(xb, dyb, outb, *constants)
 
-    split_range(chunk, xs.size, np, min_chunk=_INPLACE_BLOCK_ELEMENTS)
+    split_range(lambda r: _elementwise_inplace(fn_into, (xs[r], dys[r]), out[r]), xs.size, np,
+                min_chunk=_INPLACE_BLOCK_ELEMENTS)
     return out.reshape(x.shape)
 
 
@@ -552,7 +544,8 @@ def activation(name, x, *, overwrite_x=False):
         flat = np.ascontiguousarray(x).reshape(-1)
         out = flat if overwrite_x else np.empty_like(flat)
         into = _float32_into(name)
-        split_range(lambda r: into(flat[r], out[r]), flat.size, np, min_chunk=_INPLACE_BLOCK_ELEMENTS)
+        split_range(lambda r: _elementwise_inplace(into, (flat[r],), out[r]), flat.size, np,
+                    min_chunk=_INPLACE_BLOCK_ELEMENTS)
         return out.reshape(x.shape), cache
     y = _elementwise(forward, _working_precision(x))
     return y.astype(x.dtype, copy=False), cache

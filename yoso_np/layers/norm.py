@@ -51,19 +51,20 @@ def layer_norm_backward(dy, cache):
     dx = xp.empty(dy2.shape, dtype=xp.result_type(dy2.dtype, x2.dtype, p["weight"].dtype))
     float32_numpy = xp is np and dx.dtype == x2.dtype == dy2.dtype == mean2.dtype == np.float32
     kernel = cpu_kernels.layer_norm_backward() if float32_numpy else None
+    weight = np.ascontiguousarray(p["weight"]) if kernel is not None else p["weight"]
 
     def rows(r):  # dx of rows r, and their sums for the weight's and the bias's gradients
         if kernel is not None:  # rows read from memory once, not a dozen NumPy passes: 3.4 ms against 20 at (4096, 768)
             dweight, dbias = np.zeros((2, h), dtype=np.float32)
-            kernel(np.ascontiguousarray(x2[r]), np.ascontiguousarray(dy2[r]), np.ascontiguousarray(p["weight"]),
-                   mean2[r], rstd2[r], dx[r], dweight, dbias)
+            kernel(np.ascontiguousarray(x2[r]), np.ascontiguousarray(dy2[r]), weight, mean2[r], rstd2[r], dx[r],
+                   dweight, dbias)
             return dweight, dbias
         xhat = x2[r] - mean2[r]
         xhat *= rstd2[r]
-        g = dy2[r] * p["weight"]
+        g = dy2[r] * weight
         # d xhat -> dx: rstd * (g - mean(g) - xhat * mean(g * xhat))
         dx[r] = rstd2[r] * (g - g.sum(axis=-1, keepdims=True) / h - xhat * ((g * xhat).sum(axis=-1, keepdims=True) / h))
         return (dy2[r] * xhat).sum(axis=0), dy2[r].sum(axis=0)
 
-    weight, bias = zip(*split_range(rows, x2.shape[0], xp))
-    return dx.reshape(dy.shape), {"weight": sum(weight[1:], weight[0]), "bias": sum(bias[1:], bias[0])}
+    dweight, dbias = zip(*split_range(rows, x2.shape[0], xp))  # the sums of each chunk of rows
+    return dx.reshape(dy.shape), {"weight": sum(dweight[1:], dweight[0]), "bias": sum(dbias[1:], dbias[0])}
