@@ -5,6 +5,7 @@ forward_backward against torch autograd through transformers (eval mode, dropout
     python benchmarks/bench_train.py --shapes 16x128,32x128 --rounds 3    # batches of short texts
     python benchmarks/bench_train.py --layers 1 --shapes 2x64 --repeats 1 # smoke test
 
+yoso_np_every_token is the same step with the last layer computing every token, as torch does (models.head_rows).
 Each (impl, shape) runs in a fresh process. See benchmarks/README.md.
 """
 import argparse
@@ -18,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # common.py, and this checkout's yoso_np uninstalled
 import common  # noqa: E402
 
-IMPLS = ("yoso_np", "torch")
+IMPLS = ("yoso_np", "yoso_np_every_token", "torch")
 
 
 def run_case(case):
@@ -30,7 +31,10 @@ def run_case(case):
     ids, mask = common.input_arrays(batch, n, config.vocab_size)
     labels = np.random.default_rng(2).integers(0, 2, size=batch, dtype=np.int64)
 
-    if impl == "yoso_np":
+    if impl.startswith("yoso_np"):
+        if impl == "yoso_np_every_token":  # the last layer computes every token, as torch does (models.head_rows)
+            model.head_rows = None
+
         def step():
             out, grads = model.forward_backward(input_ids=ids, attention_mask=mask, labels=labels, training=False)
             return {"loss": out.loss, "logits": out.logits, **{"grad:" + k: g for k, g in grads.items()}}

@@ -56,7 +56,7 @@ def test_sampling_does_not_depend_on_how_the_rows_are_split(monkeypatch):
     results = []
     for threads in (1, 2, 4):
         monkeypatch.setattr(attention, "cpu_threads", lambda: threads)
-        out, (_, q_codes, k_codes) = attention.sampling_cumulation(q, k, v, mask, config, np.random.default_rng(5))
+        out, (_, _, q_codes, k_codes) = attention.sampling_cumulation(q, k, v, mask, config, np.random.default_rng(5))
         results.append((out, q_codes, k_codes))
     for out, q_codes, k_codes in results[1:]:
         np.testing.assert_array_equal(out, results[0][0])

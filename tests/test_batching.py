@@ -70,7 +70,7 @@ def test_stacks_of_heads_against_float64(monkeypatch, threads):
         ctx.reshape(b * h, n, d)[r] = attention.expectation_cumulation(*(a.reshape(b * h, n, d)[r] for a in (q, k, v)),
                                                                        tau)
 
-    attention.for_each_head_stack(stack, b * h, n, np)
+    attention.for_each_head_stack(stack, b * h, n, n, np)
     assert sorted(calls) == [2, 3, 3]
     dq, dk, dv = attention.expectation_cumulation_backward(g.reshape(-1, n, d)[:3], *(a.reshape(-1, n, d)[:3]
                                                                                       for a in (q, k, v)), tau)

@@ -171,15 +171,17 @@ def attention_params(rng, hidden=6, heads=2, window=3):
     return p
 
 
-def test_attention_around_the_surrogate(exp_weights):
+@pytest.mark.parametrize("rows", [None, slice(0, 1), slice(3, 5)])  # the last: a masked query among them
+def test_attention_around_the_surrogate(exp_weights, rows):
     rng = np.random.default_rng(7)
     mask = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=np.float64)
-    check_layer(lambda p, x: layers.attention(p, x, mask, Config),
+    check_layer(lambda p, x: layers.attention(p, x, mask, Config, rows=rows),
                 lambda dy, c: attention_backward(dy, c, Config), rand(rng, 2, 5, 6), attention_params(rng), rng,
                 "attention")
 
 
-def test_encoder_layer(exp_weights):
+@pytest.mark.parametrize("rows", [None, slice(0, 1), slice(2, 4)])
+def test_encoder_layer(exp_weights, rows):
     rng = np.random.default_rng(8)
     hidden, inter = 6, 7
     p = {"attention.self." + k: v for k, v in attention_params(rng).items()}
@@ -189,7 +191,7 @@ def test_encoder_layer(exp_weights):
     for name in ("attention.output.LayerNorm", "output.LayerNorm"):
         p[f"{name}.weight"], p[f"{name}.bias"] = 1 + 0.1 * rand(rng, hidden), rand(rng, hidden)
     mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=np.float64)
-    check_layer(lambda p, x: (lambda y, ctx, c: (y, c))(*encoder_layer(p, x, mask, Config)),
+    check_layer(lambda p, x: (lambda y, ctx, c: (y, c))(*encoder_layer(p, x, mask, Config, rows=rows)),
                 lambda dy, c: encoder_layer_backward(dy, c, Config), rand(rng, 2, 4, hidden), p, rng, "encoder")
 
 

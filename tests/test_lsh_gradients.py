@@ -26,7 +26,7 @@ def errors(num_hash, seeds, n=48, d=8):
     for seed in seeds:
         codes = lsh.hash_codes(mask, q[0], mask, k[0], num_hash=num_hash, hash_code_len=Config.hash_code_len,
                                use_fast_hash=False, rng=np.random.default_rng(seed))
-        sampled = attention.sampling_cumulation_backward(g, q, k, v, (mask, *codes), config)
+        sampled = attention.sampling_cumulation_backward(g, q, k, v, (mask, mask, *codes), config)
         out.append([np.linalg.norm(s[0, 0] - e) / np.linalg.norm(e) for s, e in zip(sampled, exact)])
     return np.mean(out, axis=0)  # mean relative error of (dQ, dK, dV)
 

@@ -3,17 +3,19 @@ import json
 import os
 import warnings
 
+import importlib
+
 import numpy as np
 import pytest
 
-from yoso_np import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification, YosoModel
+from yoso_np import YosoConfig, YosoForMaskedLM, YosoForMultipleChoice, YosoForSequenceClassification, YosoModel
 from tests.fixtures_io import load_case
 from tests.hubcache import make_hub_cache
 
 
 def tiny(**kw):
-    return YosoConfig(vocab_size=23, hidden_size=8, num_attention_heads=2, num_hidden_layers=1, intermediate_size=6,
-                      max_position_embeddings=10, **kw)
+    return YosoConfig(**{"vocab_size": 23, "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1,
+                         "intermediate_size": 6, "max_position_embeddings": 10, **kw})
 
 
 IDS = np.array([[0, 5, 6, 7, 2], [0, 8, 2, 1, 1]])
@@ -178,6 +180,34 @@ def test_training_step_is_reproducible_from_rng(lsh_backward):
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert any(not np.array_equal(a[k], c[k]) for k in a)
     assert set(a) == set(model.state_dict()) and all(a[k].shape == model.weights[k].shape for k in a)
+
+
+@pytest.mark.parametrize("cls", [YosoForSequenceClassification, YosoForMultipleChoice])
+@pytest.mark.parametrize("extra", [dict(conv_window=3), dict(use_expectation=False, num_hash=8, hash_code_len=2)])
+def test_first_token_heads_compute_only_the_first_token_in_the_last_layer(monkeypatch, cls, extra):
+    """The last layer's dense layers see one row per sequence, and the logits, loss and gradients (float64) are
+    those of the whole layer, with padding, a conv window or sampled attention."""
+    config = tiny(num_hidden_layers=2, num_labels=3, **extra)
+    model = cls(config, {k: v.astype(np.float64) for k, v in cls(config, seed=1).weights.items()})
+    ids, mask, labels = (IDS, MASK, [0, 2]) if cls is YosoForSequenceClassification else (IDS[None], MASK[None], [1])
+    encoder = importlib.import_module("yoso_np.layers.encoder")
+    real, rows_seen = encoder.linear, []
+    monkeypatch.setattr(encoder, "linear", lambda p, x: rows_seen.append(x.shape[1]) or real(p, x))
+    out, grads = model.forward_backward(ids, mask, labels=labels, rng=3)
+    assert rows_seen == [5, 5, 5, 1, 1, 1]  # per layer: attention output, feed-forward in and out
+    plain = model(ids, mask, rng=3).logits
+    monkeypatch.setattr(model, "head_rows", None)
+    full_out, full_grads = model.forward_backward(ids, mask, labels=labels, rng=3)
+    assert rows_seen[6:] == [5, 5, 5, 1, 1, 1] + [5] * 6  # the plain call's, then the whole layer's
+    np.testing.assert_allclose(out.loss, full_out.loss, rtol=1e-12)
+    np.testing.assert_allclose(out.logits, full_out.logits, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(plain, full_out.logits, rtol=1e-12, atol=1e-14)
+    for k, g in full_grads.items():
+        np.testing.assert_allclose(grads[k], g, rtol=1e-10, atol=1e-13, err_msg=k)
+    monkeypatch.undo()  # asking for the hidden states or contexts computes every position
+    hidden = model(ids, mask, rng=3, output_hidden_states=True).hidden_states
+    assert hidden[-1].shape == hidden[0].shape
+    assert model(ids, mask, rng=3, output_attentions=True).attentions[-1].shape == hidden[0].shape
 
 
 def test_forward_backward_needs_a_target():

@@ -47,6 +47,10 @@ def test_forward_matches_transformers(name):
         assert np.asarray(actual).dtype == np.dtype(case.dtype), f"{key} dtype {np.asarray(actual).dtype}"
         assert_close(actual, expected, f"{name}/{key}", **tol)
     assert len(out.attentions) == model.config.num_hidden_layers
+    plain = model(**case.model_inputs())  # no hidden states asked for: a first-token head's last layer is one row
+    for key in ("logits", "loss", "start_logits", "end_logits", "last_hidden_state"):
+        if key in case.outputs:
+            assert_close(plain[key], case.outputs[key], f"{name}/{key} (plain call)", **tol)
 
 
 PADDED = [c for c in CASES if load_case(c).padded and "inputs_embeds" not in load_case(c).inputs]

@@ -103,6 +103,10 @@ class YosoPreTrainedModel:
     _head (head, loss and their backward)."""
 
     base_prefix = "yoso."
+    # positions of the last hidden state the head reads (None: all), the only ones the last layer computes unless
+    # hidden states or contexts are asked for: a first-token head at n = 128 saves 41% of the products at 2 layers,
+    # 7% at 12
+    head_rows = None
 
     def __init__(self, config, weights=None, *, seed=0):
         if not isinstance(config, YosoConfig):
@@ -239,6 +243,7 @@ class YosoPreTrainedModel:
 
     def _base(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, *, training, rng,
               output_hidden_states, output_attentions, keep_caches=False):
+        last_rows = None if output_hidden_states or output_attentions else self.head_rows
         input_ids, mask, token_type_ids, position_ids, inputs_embeds = self._inputs(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         cfg, w = self.config, self.base_weights
@@ -249,7 +254,7 @@ class YosoPreTrainedModel:
                                   padding_idx=cfg.pad_token_id, training=training, rng=rng)
         y, hidden, contexts, caches = encoder(
             sub(w, "encoder."), x, mask, cfg, training=training, rng=rng, output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions, keep_caches=keep_caches)
+            output_attentions=output_attentions, keep_caches=keep_caches, last_rows=last_rows)
         out = ModelOutput(last_hidden_state=y,
                           hidden_states=tuple(hidden) if hidden is not None else None,
                           attentions=tuple(contexts) if contexts is not None else None)
@@ -379,6 +384,8 @@ class YosoForMaskedLM(YosoPreTrainedModel):
 
 
 class YosoForSequenceClassification(YosoPreTrainedModel):
+    head_rows = slice(0, 1)
+
     @staticmethod
     def head_shapes(config):
         h = config.hidden_size
@@ -436,6 +443,8 @@ def sequence_classification_loss(problem_type, logits, labels):
 
 
 class YosoForMultipleChoice(YosoPreTrainedModel):
+    head_rows = slice(0, 1)
+
     @staticmethod
     def head_shapes(config):
         h = config.hidden_size

@@ -195,13 +195,13 @@ def depthwise_conv(v, weight):
 PARALLEL_MIN_ELEMENTS = 1 << 20  # n x n weights (all heads together) worth the CPU threads
 
 
-def for_each_head_stack(fn, rows, n, xp):
-    """fn(slice of the batch * heads rows) over stacks of whole heads that fit one block (on the CPU one head at a
-    time from n = 725), on CPU threads inside a backend.pool_section, or outside one when all the heads' weights
-    together are large (at n = 4096 12 heads took 0.74 s instead of 1.2 on the caller's thread)."""
-    per = max(1, expectation_blocking(xp)[0] // max(n * n, 1))
+def for_each_head_stack(fn, rows, n_q, n_k, xp):
+    """fn(slice of the batch * heads rows) over stacks of whole heads whose n_q x n_k weights fit one block (on the
+    CPU one head at a time from n = 725), on CPU threads inside a backend.pool_section, or outside one when all the
+    heads' weights together are large (at n = 4096 12 heads took 0.74 s instead of 1.2 on the caller's thread)."""
+    per = max(1, expectation_blocking(xp)[0] // max(n_q * n_k, 1))
     stacks = [slice(i, min(i + per, rows)) for i in range(0, rows, per)]
-    if rows * n * n >= PARALLEL_MIN_ELEMENTS or in_pool_section():  # inside one, BLAS has no threads of its own
+    if rows * n_q * n_k >= PARALLEL_MIN_ELEMENTS or in_pool_section():  # inside one, BLAS has no threads of its own
         parallel_map(fn, stacks, xp)
     else:
         for r in stacks:
@@ -243,37 +243,42 @@ def by_rows(fn, rows, n, xp):
     return tuple(joined) if is_tuple else joined[0]
 
 
-def sampling_cumulation(q, k, v, mask, config, rng):
-    """LSH estimate of W v for all heads at once; q, k, v: (batch, heads, n, d); mask (batch, n).
-    The hash matrices are drawn here, in order, so a seed gives the same draw however the rows are split; each
-    chunk of rows is then hashed and cumulated on its own thread."""
+def sampling_cumulation(q, k, v, mask, config, rng, query_mask=None):
+    """LSH estimate of W v for all heads at once; q: (batch, heads, n_q, d), k, v: (batch, heads, n, d); mask
+    (batch, n) of the keys, query_mask (batch, n_q) of the queries (None: mask). The hash matrices are drawn here,
+    in order, so a seed gives the same draw however the rows are split; each chunk of rows is then hashed and
+    cumulated on its own thread. Returns (out, (query mask rows, key mask rows, query codes, key codes))."""
     xp = array_module(q)
-    b, h, n, d = q.shape
-    rows = lambda t: t.reshape(b * h, n, t.shape[-1])  # views: attention() gives q, k, v a head per block
+    b, h, n, d = k.shape
+    rows = lambda t: t.reshape(b * h, t.shape[-2], t.shape[-1])  # views: attention() gives a head per block
     q, k, v = rows(q), rows(k), rows(v)
-    mask_rows = xp.repeat(mask != 0, h, axis=0)  # (batch*heads, n) bool: no 0/1 check (a device sync on CuPy)
+    k_mask = xp.repeat(mask != 0, h, axis=0)  # (batch*heads, n) bool: no 0/1 check (a device sync on CuPy)
+    q_mask = k_mask if query_mask is None else xp.repeat(query_mask != 0, h, axis=0)
     tau, m = config.hash_code_len, config.num_hash
     matrices = lsh.draw_hash_matrices(rng, b * h, lsh.hash_dim(d, tau, config.use_fast_hash), m, tau,
                                       config.use_fast_hash, xp)
 
     def hash_and_cumulate(r):
-        q_codes, k_codes = lsh.hash_with(mask_rows[r], q[r], mask_rows[r], k[r], matrices[r], num_hash=m,
+        q_codes, k_codes = lsh.hash_with(q_mask[r], q[r], k_mask[r], k[r], matrices[r], num_hash=m,
                                          hash_code_len=tau, use_fast_hash=config.use_fast_hash, check_values=False)
-        out = lsh.lsh_cumulation(mask_rows[r], q_codes, mask_rows[r], k_codes, v[r], 2 ** tau, check_values=False)
+        out = lsh.lsh_cumulation(q_mask[r], q_codes, k_mask[r], k_codes, v[r], 2 ** tau, check_values=False)
         # the codes joined hash-major, the memory order of the CPU loops' codes (joining them as [rows, n, m]
         # would transpose them twice)
         return out, q_codes.transpose(0, 2, 1), k_codes.transpose(0, 2, 1)
 
     out, q_codes, k_codes = by_rows(hash_and_cumulate, b * h, n, xp)
-    return out.reshape(b, h, n, v.shape[-1]), (mask_rows, q_codes.transpose(0, 2, 1), k_codes.transpose(0, 2, 1))
+    hashes = (q_mask, k_mask, q_codes.transpose(0, 2, 1), k_codes.transpose(0, 2, 1))
+    return out.reshape(b, h, q.shape[1], v.shape[-1]), hashes
 
 
-def attention(p, x, mask, config, *, training=False, rng=None):
-    """p: the "attention.self." sub-dict; x: (batch, n, hidden); mask: (batch, n) 0/1 in x's dtype.
-    Returns (context (batch, n, hidden), cache)."""
+def attention(p, x, mask, config, *, training=False, rng=None, rows=None):
+    """p: the "attention.self." sub-dict; x: (batch, n, hidden); mask: (batch, n) 0/1 in x's dtype; rows: None, or
+    a slice of the positions whose context is wanted (the queries; every position stays a key).
+    Returns (context (batch, positions, hidden), cache)."""
     xp = array_module(x)
     heads = config.num_attention_heads
-    q, q_lin = linear(sub(p, "query."), x)
+    x_q, mask_q = (x, mask) if rows is None else (x[:, rows], mask[:, rows])
+    q, q_lin = linear(sub(p, "query."), x_q)
     k, k_lin = linear(sub(p, "key."), x)
     v, v_lin = linear(sub(p, "value."), x)
     q, q_norm = l2_normalize(split_heads(q, heads))
@@ -282,26 +287,27 @@ def attention(p, x, mask, config, *, training=False, rng=None):
     v = xp.multiply(v, mask[:, None, :, None], out=xp.empty(v.shape, dtype=v.dtype))
     hashes = None
     if config.use_expectation:
-        b, h, n, d = q.shape
+        b, h, n_q, d = q.shape
         q3, k3, v3 = as_stack(q, k, v)  # views: a head per block of memory
-        ctx = xp.empty_like(v)
-        ctx3 = ctx.reshape(b * h, n, -1)
+        ctx = xp.empty(q.shape[:3] + v.shape[3:], dtype=v.dtype)
+        ctx3 = ctx.reshape(b * h, n_q, -1)
 
         def stack(r):
             expectation_cumulation(q3[r], k3[r], v3[r], config.hash_code_len, out=ctx3[r])
 
-        for_each_head_stack(stack, b * h, n, xp)
+        for_each_head_stack(stack, b * h, n_q, k.shape[2], xp)
     else:
         if rng is None:
             raise ValueError("use_expectation=False samples hash functions and needs rng (an int seed or "
                              "numpy.random.Generator), got None")
-        ctx, hashes = sampling_cumulation(q, k, v, mask, config, rng)
-    ctx *= mask[:, None, :, None]  # masked queries give zero rows
-    merged = xp.empty(x.shape[:-1] + (ctx.shape[1] * ctx.shape[3],), dtype=ctx.dtype)
+        ctx, hashes = sampling_cumulation(q, k, v, mask, config, rng, query_mask=mask_q)
+    ctx *= mask_q[:, None, :, None]  # masked queries give zero rows
+    merged = xp.empty(x_q.shape[:-1] + (ctx.shape[1] * ctx.shape[3],), dtype=ctx.dtype)
     out, ctx_norm = l2_normalize(ctx, out=split_heads(merged, heads))  # the division writes the merged heads
     if config.conv_window is not None:
-        out += depthwise_conv(v, p["conv.weight"])
-    return merged, (p, q_lin, k_lin, v_lin, q, q_norm, k, k_norm, v, mask, ctx, ctx_norm, hashes)
+        conv = depthwise_conv(v, p["conv.weight"])
+        out += conv if rows is None else conv[:, :, rows]
+    return merged, (p, q_lin, k_lin, v_lin, q, q_norm, k, k_norm, v, mask, rows, ctx, ctx_norm, hashes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -345,21 +351,22 @@ def expectation_cumulation_backward(g, q, k, v, tau, out=None):
 
 def sampling_cumulation_backward(g, q, k, v, hashes, config):
     """With lsh_backward the same three products estimated from the forward's hash codes (transformers'
-    YosoLSHCumulation.backward); all heads at once. g, q, k, v: (batch, heads, n, d)."""
+    YosoLSHCumulation.backward); all heads at once. g, q: (batch, heads, n_q, d); k, v: (batch, heads, n, d)."""
     xp = array_module(q)
-    b, h, n, d = q.shape
-    mask_rows, q_codes, k_codes = hashes
-    flat = lambda t: xp.ascontiguousarray(t.reshape(b * h, n, t.shape[-1]))
+    b, h, n, d = k.shape
+    qm, km, q_codes, k_codes = hashes
+    flat = lambda t: xp.ascontiguousarray(t.reshape(b * h, t.shape[-2], t.shape[-1]))
     g, q, k, v = flat(g), flat(q), flat(k), flat(v)
     capacity, half_tau = 2 ** config.hash_code_len, config.hash_code_len / 2.0
     k_scaled, q_scaled = half_tau * k, half_tau * q
-    m, ok = mask_rows, {"check_values": False}  # the forward's own codes and masks
-    dv = by_rows(lambda r: lsh.lsh_cumulation(m[r], k_codes[r], m[r], q_codes[r], g[r], capacity, **ok), b * h, n, xp)
-    dq = by_rows(lambda r: lsh.lsh_weighted_cumulation(m[r], q_codes[r], g[r], m[r], k_codes[r], v[r], k_scaled[r],
+    ok = {"check_values": False}  # the forward's own codes and masks
+    dv = by_rows(lambda r: lsh.lsh_cumulation(km[r], k_codes[r], qm[r], q_codes[r], g[r], capacity, **ok), b * h, n,
+                 xp)
+    dq = by_rows(lambda r: lsh.lsh_weighted_cumulation(qm[r], q_codes[r], g[r], km[r], k_codes[r], v[r], k_scaled[r],
                                                        capacity, **ok), b * h, n, xp)
-    dk = by_rows(lambda r: lsh.lsh_weighted_cumulation(m[r], k_codes[r], v[r], m[r], q_codes[r], g[r], q_scaled[r],
+    dk = by_rows(lambda r: lsh.lsh_weighted_cumulation(km[r], k_codes[r], v[r], qm[r], q_codes[r], g[r], q_scaled[r],
                                                        capacity, **ok), b * h, n, xp)
-    unflat = lambda t: t.reshape(b, h, n, t.shape[-1])
+    unflat = lambda t: t.reshape(b, h, t.shape[-2], t.shape[-1])
     return unflat(dq), unflat(dk), unflat(dv)
 
 
@@ -396,44 +403,53 @@ def depthwise_conv_backward(dout, v, weight):
 
 
 def attention_backward(dout, cache, config):
-    """dout: (batch, n, hidden) gradient of attention's output. Returns (dx, grads keyed like p)."""
-    p, q_lin, k_lin, v_lin, q, q_norm, k, k_norm, v, mask, ctx, ctx_norm, hashes = cache
+    """dout: (batch, positions, hidden) gradient of attention's output. Returns (dx (batch, n, hidden), grads keyed
+    like p)."""
+    p, q_lin, k_lin, v_lin, q, q_norm, k, k_norm, v, mask, rows, ctx, ctx_norm, hashes = cache
     xp = array_module(dout)
-    tau, masked = config.hash_code_len, mask[:, None, :, None]
-    g = split_heads(dout, config.num_attention_heads)
+    heads, tau = config.num_attention_heads, config.hash_code_len
+    masked_q = (mask if rows is None else mask[:, rows])[:, None, :, None]
+    g = split_heads(dout, heads)
     grads = {}
     dv_conv = None
     if config.conv_window is not None:
-        dv_conv, grads["conv.weight"] = depthwise_conv_backward(g, v, p["conv.weight"])
+        g_all = g if rows is None else xp.zeros(v.shape, dtype=g.dtype)
+        if rows is not None:
+            g_all[:, :, rows] = g
+        dv_conv, grads["conv.weight"] = depthwise_conv_backward(g_all, v, p["conv.weight"])
     g = l2_normalize_backward(g, ctx / xp.maximum(ctx_norm, 1e-12), ctx_norm)
-    g *= masked  # through the query mask
+    g *= masked_q  # through the query mask
     if hashes is not None and config.lsh_backward:
         dq, dk, dv = sampling_cumulation_backward(g, q, k, v, hashes, config)
     else:
-        b, h, n, d = q.shape
+        b, h, n_q, d = q.shape
         dq, dk, dv = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)
         g3, q3, k3, v3, dq3, dk3, dv3 = as_stack(xp.ascontiguousarray(g), q, k, v, dq, dk, dv)
 
         def stack(r):
             expectation_cumulation_backward(g3[r], q3[r], k3[r], v3[r], tau, out=(dq3[r], dk3[r], dv3[r]))
 
-        for_each_head_stack(stack, b * h, n, xp)
+        for_each_head_stack(stack, b * h, n_q, k.shape[2], xp)
     del g
     if dv_conv is not None:
         dv += dv_conv
-    dv *= masked  # through the key mask of v
+    dv *= mask[:, None, :, None]  # through the key mask of v
     # written through head-split views: no merge_heads copy
-    dq_merged, dk_merged = (xp.empty(dout.shape, dtype=dq.dtype) for _ in range(2))
-    l2_normalize_backward(dq, q, q_norm, out=split_heads(dq_merged, config.num_attention_heads))
+    dq_merged = xp.empty(dout.shape, dtype=dq.dtype)
+    l2_normalize_backward(dq, q, q_norm, out=split_heads(dq_merged, heads))
     del dq
-    l2_normalize_backward(dk, k, k_norm, out=split_heads(dk_merged, config.num_attention_heads))
-    dq, dk, dv = dq_merged, dk_merged, merge_heads(dv)
+    dk_merged = xp.empty(dout.shape[:1] + k_lin[1].shape[1:], dtype=dk.dtype)
+    l2_normalize_backward(dk, k, k_norm, out=split_heads(dk_merged, heads))
+    parts = [("query.", dq_merged, q_lin), ("key.", dk_merged, k_lin), ("value.", merge_heads(dv), v_lin)]
+    if rows is not None:  # the queries' dx covers only their rows: start from the keys'
+        parts.append(parts.pop(0))
     dx = None
-    for name, d, lin in (("query.", dq, q_lin), ("key.", dk, k_lin), ("value.", dv, v_lin)):
+    for name, d, lin in parts:
         dxi, gi = linear_backward(d, lin)
         if dx is None:
             dx = dxi
         else:
-            dx += dxi
+            into = dx[:, rows] if name == "query." and rows is not None else dx
+            into += dxi
         grads.update(add_prefix(gi, name))
     return dx, grads
