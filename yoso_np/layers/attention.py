@@ -300,7 +300,7 @@ def attention(p, x, mask, config, *, training=False, rng=None, rows=None):
         if rng is None:
             raise ValueError("use_expectation=False samples hash functions and needs rng (an int seed or "
                              "numpy.random.Generator), got None")
-        ctx, hashes = sampling_cumulation(q, k, v, mask, config, rng, query_mask=mask_q)
+        ctx, hashes = sampling_cumulation(q, k, v, mask, config, rng, query_mask=None if rows is None else mask_q)
     ctx *= mask_q[:, None, :, None]  # masked queries give zero rows
     merged = xp.empty(x_q.shape[:-1] + (ctx.shape[1] * ctx.shape[3],), dtype=ctx.dtype)
     out, ctx_norm = l2_normalize(ctx, out=split_heads(merged, heads))  # the division writes the merged heads
@@ -413,10 +413,11 @@ def attention_backward(dout, cache, config):
     grads = {}
     dv_conv = None
     if config.conv_window is not None:
-        g_all = g if rows is None else xp.zeros(v.shape, dtype=g.dtype)
-        if rows is not None:
-            g_all[:, :, rows] = g
-        dv_conv, grads["conv.weight"] = depthwise_conv_backward(g_all, v, p["conv.weight"])
+        g_conv = g
+        if rows is not None:  # over every position: zero where no query was computed
+            g_conv = xp.zeros(v.shape, dtype=g.dtype)
+            g_conv[:, :, rows] = g
+        dv_conv, grads["conv.weight"] = depthwise_conv_backward(g_conv, v, p["conv.weight"])
     g = l2_normalize_backward(g, ctx / xp.maximum(ctx_norm, 1e-12), ctx_norm)
     g *= masked_q  # through the query mask
     if hashes is not None and config.lsh_backward:
