@@ -299,6 +299,25 @@ def test_resume_refuses_other_settings(tmp_path):
     with pytest.raises(UsageError, match="it was trained with batch_size=8, now 4"):
         train(YosoForSequenceClassification(tiny_config()), data,
               args=TrainingArguments(**{**args, "batch_size": 4, "resume": True}))
+    with pytest.raises(UsageError, match="it was trained with lr=0.01, now 0.002"):
+        train(YosoForSequenceClassification(tiny_config()), data,
+              args=TrainingArguments(**{**args, "lr": 0.002, "resume": True}))
+
+
+def test_resume_refuses_other_options_and_takes_where_it_writes(tmp_path):
+    data = contains_token_data(np.random.default_rng(0), 16)
+    args = dict(output_dir=str(tmp_path / "run"), epochs=2, batch_size=8, quiet=True, save_steps=1)
+    run = {"max_length": 512, "eval": "dev.jsonl", "cache_dir": None}
+    train(YosoForSequenceClassification(tiny_config()), data, args=TrainingArguments(**args), run_info=run)
+    os.remove(tmp_path / "run" / "model.safetensors")
+    for name, value in (("max_length", 128), ("eval", None)):
+        with pytest.raises(UsageError, match=f"it was trained with {name}={run[name]}, now {value}"):
+            train(YosoForSequenceClassification(tiny_config()), data, args=TrainingArguments(**args, resume=True),
+                  run_info={**run, name: value})
+    free = {**args, "save_steps": 3, "logging_steps": 1, "save_total_limit": 2, "quiet": False, "resume": True}
+    train(YosoForSequenceClassification(tiny_config()), data, args=TrainingArguments(**free),
+          run_info={**run, "cache_dir": "elsewhere"})
+    assert (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_training_arguments_validate():

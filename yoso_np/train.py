@@ -388,6 +388,23 @@ def load_checkpoint(path, model, optimizer):
 
 
 # -- the loop --------------------------------------------------------------------------------------------------
+# what a resumed run may change: where and how often it writes and reports, where it runs, where the hub cache is
+FREE_ON_RESUME = frozenset({"output_dir", "resume", "device", "quiet", "save_steps", "save_total_limit",
+                            "logging_steps", "cache_dir", "local_files_only"})
+
+
+def check_same_run(path, state, args, num_train_rows, run_info):
+    """Raise UsageError unless every other setting (the TrainingArguments, the number of training rows, the CLI's
+    options in run_info) is the one the checkpoint at ``path`` was trained with: a resume is exact only then."""
+    defaults = dataclasses.asdict(TrainingArguments(output_dir=""))  # for a checkpoint older than a setting
+    stored_args = {**defaults, **state["args"], "num_train_rows": state["num_train_rows"]}
+    for now, was in (({**dataclasses.asdict(args), "num_train_rows": num_train_rows}, stored_args),
+                     (run_info or {}, state.get("run", {}))):
+        for key, value in now.items():
+            if key not in FREE_ON_RESUME and key in was and was[key] != value:
+                raise UsageError(f"cannot resume {path}: it was trained with {key}={was[key]}, now {value}")
+
+
 def train(model, train_data, eval_data=None, *, args, tokenizer=None, run_info=None):
     """Fine-tune ``model`` (any Yoso* head class) on ``train_data`` (a yoso_np.data.Dataset; for YosoForMaskedLM
     unlabelled rows, masked on the fly). Checkpoints into args.output_dir, evaluates on ``eval_data`` after each
@@ -427,11 +444,7 @@ def train(model, train_data, eval_data=None, *, args, tokenizer=None, run_info=N
     if checkpoints:
         last_checkpoint = checkpoints[-1][1]
         state = load_checkpoint(last_checkpoint, model, optimizer)
-        for key, now in (("seed", args.seed), ("batch_size", batch_size), ("num_train_rows", n),
-                         ("group_by_length", args.group_by_length)):
-            was = state["args"][key] if key in state["args"] else state.get(key, False)
-            if was != now:
-                raise UsageError(f"cannot resume {last_checkpoint}: it was trained with {key}={was}, now {now}")
+        check_same_run(last_checkpoint, state, args, n, run_info)
         step, epoch, first_batch = state["global_step"], state["epoch"], state["batch_in_epoch"]
         log_history, window = state["log_history"], state["loss_window"]
         restored_order = state["data_order"]["generator_state"]
